@@ -1,0 +1,262 @@
+"""The library of named cascades: the reference attention cascades and the paper's toys.
+
+Attention cascades follow FuseMax (MICRO 2024) with Q[e,p], K[e,m], V[f,m]: P is the query
+sequence, M the key/value sequence, E and F the head dimensions. `batched` adds batch and head
+ranks in front (Q[b,h,e,p]); `gqa_group` makes `gqa_group` query heads share one key/value
+head (K[b,g,e,m] read as K[b,h//R,e,m]). `causal` masks key m from query p unless m <= p
+(scaled_dot_product_attention's is_causal). Sizes left as None stay symbolic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from attncc.frontends.builder import (
+    CascadeBuilder,
+    Index,
+    TensorRef,
+    Value,
+    exp,
+    maximum,
+    rsqrt,
+    select,
+)
+from attncc.ir import Cascade
+
+
+@dataclass(frozen=True)
+class _Attention:
+    """The declarations shared by every attention cascade: ranks, Q, K, V and the output.
+
+    `kv_heads` index key/value tensors by their own head ranks (b, g); `kv_read` reads them
+    from a query head's point of view (b, h//R under GQA, the same as `kv_heads` otherwise).
+    """
+
+    builder: CascadeBuilder
+    q: TensorRef
+    k: TensorRef
+    v: TensorRef
+    query_heads: tuple[Index, ...]
+    kv_heads: tuple[Index, ...]
+    kv_read: tuple[Index, ...]
+    e: Index
+    f: Index
+    m: Index
+    p: Index
+    scale: float | None
+
+    def scores(self, key: Value) -> Value:
+        """Q·K scaled: by `scale`, or by 1/sqrt(E) when no scale is given."""
+        product = self.q[(*self.query_heads, self.e, self.p)] * key
+        if self.scale is None:
+            return product * rsqrt(self.builder.size("E"))
+        return product if self.scale == 1.0 else product * self.scale
+
+    def out(self, *indices: Index) -> tuple[Index, ...]:
+        return (*self.query_heads, *indices)
+
+
+def _attention(
+    name: str,
+    *,
+    head_dim: int | None,
+    value_dim: int | None,
+    scale: float | None,
+    batched: bool,
+    gqa_group: int | None,
+) -> _Attention:
+    b = CascadeBuilder(name)
+    query_heads: tuple[Index, ...] = ()
+    kv_heads: tuple[Index, ...] = ()
+    kv_read: tuple[Index, ...] = ()
+    if batched or gqa_group is not None:
+        batch = b.rank("B")
+        if gqa_group is None:
+            heads = b.rank("H")
+            query_heads = kv_heads = kv_read = (batch, heads)
+        else:
+            if gqa_group < 1:
+                raise ValueError(f"gqa_group must be a positive integer, got {gqa_group}")
+            groups = b.rank("G")
+            heads = b.rank("H", gqa_group * b.size("G"))
+            query_heads, kv_heads = (batch, heads), (batch, groups)
+            kv_read = (batch, heads // gqa_group)
+    e, f = b.rank("E", head_dim), b.rank("F", value_dim)
+    m, p = b.rank("M"), b.rank("P")
+    q = b.input("Q", [*query_heads, e, p])
+    k = b.input("K", [*kv_heads, e, m])
+    v = b.input("V", [*kv_heads, f, m])
+    b.output("AV", [*query_heads, f, p])
+    return _Attention(
+        builder=b,
+        q=q,
+        k=k,
+        v=v,
+        query_heads=query_heads,
+        kv_heads=kv_heads,
+        kv_read=kv_read,
+        e=e,
+        f=f,
+        m=m,
+        p=p,
+        scale=scale,
+    )
+
+
+def attention_3pass(
+    *,
+    head_dim: int | None = None,
+    value_dim: int | None = None,
+    scale: float | None = None,
+    causal: bool = False,
+    batched: bool = False,
+    gqa_group: int | None = None,
+) -> Cascade:
+    """Softmax attention as written (FuseMax Cascade 4): max, then exp and sum, then divide."""
+    a = _attention(
+        "attention_3pass",
+        head_dim=head_dim,
+        value_dim=value_dim,
+        scale=scale,
+        batched=batched,
+        gqa_group=gqa_group,
+    )
+    b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
+    mask = {"where": m <= p, "fill": -math.inf} if causal else {}
+    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **mask)
+    GM = b.let("GM", [*h, p], QK[(*h, m, p)], reduce="max")
+    SN = b.let("SN", [*h, m, p], exp(QK[(*h, m, p)] - GM[(*h, p)]))
+    SD = b.let("SD", [*h, p], SN[(*h, m, p)])
+    A = b.let("A", [*h, m, p], SN[(*h, m, p)] / SD[(*h, p)])
+    b.let("AV", a.out(f, p), A[(*h, m, p)] * a.v[(*hk, f, m)])
+    return b.build()
+
+
+def attention_2pass(
+    *,
+    head_dim: int | None = None,
+    value_dim: int | None = None,
+    scale: float | None = None,
+    causal: bool = False,
+    batched: bool = False,
+    gqa_group: int | None = None,
+) -> Cascade:
+    """Attention with the division deferred past the AV contraction (FlashAttention-2's
+    reassociation): F*P divisions instead of M*P, and one pass fewer."""
+    a = _attention(
+        "attention_2pass",
+        head_dim=head_dim,
+        value_dim=value_dim,
+        scale=scale,
+        batched=batched,
+        gqa_group=gqa_group,
+    )
+    b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
+    mask = {"where": m <= p, "fill": -math.inf} if causal else {}
+    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **mask)
+    GM = b.let("GM", [*h, p], QK[(*h, m, p)], reduce="max")
+    SN = b.let("SN", [*h, m, p], exp(QK[(*h, m, p)] - GM[(*h, p)]))
+    SD = b.let("SD", [*h, p], SN[(*h, m, p)])
+    SNV = b.let("SNV", [*h, f, p], SN[(*h, m, p)] * a.v[(*hk, f, m)])
+    b.let("AV", a.out(f, p), SNV[(*h, f, p)] / SD[(*h, p)])
+    return b.build()
+
+
+def attention_1pass(
+    *,
+    head_dim: int | None = None,
+    value_dim: int | None = None,
+    tile: int | None = 64,
+    scale: float | None = None,
+    causal: bool = False,
+    batched: bool = False,
+    gqa_group: int | None = None,
+) -> Cascade:
+    """FuseMax Cascade 5 (FlashAttention-2's cascade): M split into M1 tiles of M0 keys, a
+    running max RM, and a running denominator RD and numerator RNV rescaled by PRM when the
+    max grows. The last tile may be partial (M need not be a multiple of the tile)."""
+    a = _attention(
+        "attention_1pass",
+        head_dim=head_dim,
+        value_dim=value_dim,
+        scale=scale,
+        batched=batched,
+        gqa_group=gqa_group,
+    )
+    b, h, hk, kv, e, f, p = a.builder, a.query_heads, a.kv_read, a.kv_heads, a.e, a.f, a.p
+    m0 = b.rank("M0", tile)
+    m1 = b.partition("M", "M1", "M0")
+    key = m1 * b.size("M0") + m0
+    mask = {"where": key <= p, "fill": -math.inf} if causal else {}
+    BK = b.let("BK", [*kv, e, m1, m0], a.k[(*kv, e, key)])
+    BV = b.let("BV", [*kv, f, m1, m0], a.v[(*kv, f, key)])
+    BQK = b.let("BQK", [*h, m1, m0, p], a.scores(BK[(*hk, e, m1, m0)]), **mask)
+    LM = b.let("LM", [*h, m1, p], BQK[(*h, m1, m0, p)], reduce="max")
+    RM, RD, RNV = TensorRef("RM"), TensorRef("RD"), TensorRef("RNV")
+    b.let("RM", [*h, m1 + 1, p], maximum(RM[(*h, m1, p)], LM[(*h, m1, p)]), init=-math.inf)
+    SLN = b.let("SLN", [*h, m1, m0, p], exp(BQK[(*h, m1, m0, p)] - RM[(*h, m1 + 1, p)]))
+    SLD = b.let("SLD", [*h, m1, p], SLN[(*h, m1, m0, p)])
+    SLNV = b.let("SLNV", [*h, f, m1, p], SLN[(*h, m1, m0, p)] * BV[(*hk, f, m1, m0)])
+    PRM = b.let("PRM", [*h, m1, p], exp(RM[(*h, m1, p)] - RM[(*h, m1 + 1, p)]))
+    SPD = b.let("SPD", [*h, m1, p], RD[(*h, m1, p)] * PRM[(*h, m1, p)])
+    b.let("RD", [*h, m1 + 1, p], SLD[(*h, m1, p)] + SPD[(*h, m1, p)], init=0.0)
+    SPNV = b.let("SPNV", [*h, f, m1, p], RNV[(*h, f, m1, p)] * PRM[(*h, m1, p)])
+    b.let("RNV", [*h, f, m1 + 1, p], SLNV[(*h, f, m1, p)] + SPNV[(*h, f, m1, p)], init=0.0)
+    last = b.size("M1")
+    b.let("AV", a.out(f, p), RNV[(*h, f, last, p)] / RD[(*h, last, p)])
+    return b.build()
+
+
+def _toy_frame(name: str, size: int | None) -> tuple[CascadeBuilder, Index, TensorRef, TensorRef]:
+    b = CascadeBuilder(name)
+    k = b.rank("K", size)
+    A, B = b.input("A", [k]), b.input("B", [k])
+    b.output("Z", [])
+    return b, k, A, B
+
+
+def toy_cascade1(*, size: int | None = None) -> Cascade:
+    """Y = A[k]·B[k]; Z = Y·A[k] (summed over k). Z needs Y, which needs all of A: 2 passes."""
+    b, k, A, B = _toy_frame("toy_cascade1", size)
+    Y = b.let("Y", [], A[k] * B[k])
+    b.let("Z", [], Y[()] * A[k])
+    return b.build()
+
+
+def toy_cascade2(*, size: int | None = None) -> Cascade:
+    """Toy 1 reassociated: X = sum of A[k] in the same pass as Y, then Z = Y·X: 1 pass."""
+    b, k, A, B = _toy_frame("toy_cascade2", size)
+    Y = b.let("Y", [], A[k] * B[k])
+    X = b.let("X", [], A[k])
+    b.let("Z", [], Y[()] * X[()])
+    return b.build()
+
+
+def toy_cascade3(*, size: int | None = None) -> Cascade:
+    """Toy 1 as running values over k (the paper's iterative form): RY[k+1] = RY[k] + A[k]B[k]
+    and RZ[k+1] = RZ[k]·RY[k+1]/RY[k] + RY[k+1]·A[k], so RZ[k] = RY[k]·(A[0] + ... + A[k-1]).
+    The rescaling divides by RY[k], which is 0 at k = 0 where RZ is 0 as well; the select
+    keeps that first step 0 (the paper's divide touches only points with a nonzero divisor)."""
+    b, k, A, B = _toy_frame("toy_cascade3", size)
+    RY, RZ = TensorRef("RY"), TensorRef("RZ")
+    b.let("RY", [k + 1], RY[k] + A[k] * B[k], init=0.0)
+    rescaled = select(RY[k] == 0, 0.0, RZ[k] * RY[k + 1] / RY[k])
+    b.let("RZ", [k + 1], rescaled + RY[k + 1] * A[k], init=0.0)
+    b.let("Z", [], RZ[b.size("K")])
+    return b.build()
+
+
+LIBRARY: dict[str, Callable[..., Cascade]] = {
+    f.__name__: f
+    for f in (
+        attention_3pass,
+        attention_2pass,
+        attention_1pass,
+        toy_cascade1,
+        toy_cascade2,
+        toy_cascade3,
+    )
+}
+"""Every named cascade, called with keyword options (see each function)."""

@@ -1,0 +1,323 @@
+"""The verifier: every rule a cascade must follow before anything else may look at it.
+
+It checks, and reports every violation it finds (not just the first):
+- ranks: names unique; sizes use only declared ranks; partitions split a declared rank by a
+  declared inner rank into a new outer rank;
+- declarations: tensor names unique; every rank they use is declared;
+- each Einsum: it writes neither an input nor a tensor written before; its left side indexes
+  each rank with a variable `r` or, for a running update, `r + 1`; every left-side variable
+  appears on the right; every index variable and size belongs to a declared rank; every access
+  names a declared tensor, has one index per rank, is quasi-affine, and does not address one rank
+  with another rank's variable; indices missing on the left have a reduce operator and a reduce
+  operator has something to reduce; a running update has an initial value and only a running
+  update has one; the initial value uses only the left side's other variables;
+- outputs: each is written, by an Einsum whose left side has the declared ranks;
+- dependencies: no cycle, except running updates that read their previous iteration, and such
+  a cycle runs over a single iterative rank.
+Each diagnostic names the Einsum (with its source line when parsed), the tensor and the rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import networkx as nx
+import sympy
+
+from attncc.errors import Diagnostic, VerifyError
+from attncc.ir.cascade import Cascade
+from attncc.ir.einsum import Einsum, iteration_successor
+from attncc.ir.expr import Access, indices_used, sizes_used
+from attncc.ir.graph import dependency_graph, uncarried
+from attncc.ir.indexing import format_index, index_symbol, index_vars, is_quasi_affine, size_names
+
+
+def verify(cascade: Cascade) -> None:
+    """Raise `VerifyError` listing every problem in `cascade`; return None when it is valid."""
+    diagnostics = diagnose(cascade)
+    if diagnostics:
+        raise VerifyError(diagnostics)
+
+
+def diagnose(cascade: Cascade) -> list[Diagnostic]:
+    """Every problem in `cascade`, in source order."""
+    found = [*_check_ranks(cascade), *_check_declarations(cascade)]
+    written: set[str] = set()
+    for einsum in cascade.einsums:
+        found.extend(_check_einsum(cascade, einsum, written))
+        written.add(einsum.tensor)
+    found.extend(_check_outputs(cascade))
+    if not found:
+        found.extend(_check_dependencies(cascade))
+    return found
+
+
+def _check_ranks(cascade: Cascade) -> Iterator[Diagnostic]:
+    seen: set[str] = set()
+    for rank in cascade.ranks:
+        if rank.name in seen:
+            yield Diagnostic(f"rank {rank.name} is declared twice", rank.span, rank=rank.name)
+        seen.add(rank.name)
+    for rank in cascade.ranks:
+        for name in sorted(size_names(rank.size) - seen):
+            yield Diagnostic(
+                f"size of rank {rank.name} uses undeclared rank {name}", rank.span, rank=rank.name
+            )
+    for part in cascade.partitions:
+        where = f"partition {part.rank} -> {part.outer}, {part.inner}"
+        for name in (part.rank, part.inner):
+            if name not in seen:
+                yield Diagnostic(f"{where}: rank {name} is not declared", part.span, rank=name)
+        if part.outer in seen:
+            yield Diagnostic(
+                f"{where}: outer rank {part.outer} is already declared; the partition declares it",
+                part.span,
+                rank=part.outer,
+            )
+        seen.add(part.outer)
+
+
+def _check_declarations(cascade: Cascade) -> Iterator[Diagnostic]:
+    seen: set[str] = set()
+    for decl in cascade.inputs + cascade.outputs:
+        if decl.name in seen:
+            yield Diagnostic(f"tensor {decl.name} is declared twice", decl.span, tensor=decl.name)
+        seen.add(decl.name)
+        for rank in decl.ranks:
+            if cascade.rank(rank) is None:
+                yield Diagnostic(
+                    f"{decl.role.value} {decl.name} uses undeclared rank {rank}",
+                    decl.span,
+                    tensor=decl.name,
+                    rank=rank,
+                )
+
+
+def _diag(
+    einsum: Einsum, message: str, tensor: str | None = None, rank: str | None = None
+) -> Diagnostic:
+    return Diagnostic(message, einsum.span, einsum=einsum.tensor, tensor=tensor, rank=rank)
+
+
+def _check_einsum(cascade: Cascade, einsum: Einsum, written: set[str]) -> Iterator[Diagnostic]:
+    name = einsum.tensor
+    if name in cascade.input_names():
+        yield _diag(einsum, f"writes input {name}; inputs are read-only", tensor=name)
+    if name in written:
+        yield _diag(einsum, f"tensor {name} is written twice; each tensor has one Einsum", name)
+    yield from _check_left_side(cascade, einsum)
+    yield from _check_names(cascade, einsum)
+    for access in einsum.read_accesses():
+        yield from _check_access(cascade, einsum, access)
+    for var in sorted(einsum.lhs_vars - _right_side_vars(einsum)):
+        yield _diag(
+            einsum,
+            f"index {var} appears on the left of {name} but not on the right",
+            tensor=name,
+            rank=_rank_name(cascade, var),
+        )
+    yield from _check_reduction(cascade, einsum)
+    yield from _check_iteration(cascade, einsum)
+
+
+def _right_side_vars(einsum: Einsum) -> frozenset[str]:
+    used = indices_used(einsum.expr)
+    if einsum.filter is not None:
+        used |= indices_used(einsum.filter.predicate)
+    return used
+
+
+def _rank_name(cascade: Cascade, var: str) -> str | None:
+    rank = cascade.rank_of_index(var)
+    return rank.name if rank else None
+
+
+def _check_left_side(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
+    seen: set[str] = set()
+    successors = 0
+    for index in einsum.indices:
+        variables = index_vars(index)
+        is_plain = isinstance(index, sympy.Symbol) and bool(variables)
+        if iteration_successor(index) is not None:
+            successors += 1
+        elif not is_plain:
+            yield _diag(
+                einsum,
+                f"left-side index '{format_index(index)}' of {einsum.tensor} must be an index "
+                "variable (m) or, for a running update, its successor (m1 + 1)",
+                tensor=einsum.tensor,
+            )
+        for var in sorted(variables & seen):
+            yield _diag(einsum, f"index {var} appears twice on the left", einsum.tensor)
+        seen |= variables
+    if successors > 1:
+        yield _diag(einsum, "a running update iterates one rank; the left side has several 'r + 1'")
+
+
+def _check_names(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
+    exprs = [einsum.expr] + ([einsum.filter.predicate] if einsum.filter else [])
+    exprs += [einsum.init] if einsum.init is not None else []
+    variables = einsum.space | frozenset().union(*(indices_used(e) for e in exprs))
+    for var in sorted(variables):
+        if cascade.rank_of_index(var) is None:
+            yield _diag(
+                einsum,
+                f"index {var} names no rank; declare rank {var.upper()} or fix the index",
+                rank=var.upper(),
+            )
+    sizes = frozenset().union(
+        *(sizes_used(e) for e in exprs), *(size_names(i) for i in einsum.indices)
+    )
+    for size in sorted(sizes):
+        if cascade.rank(size) is None:
+            yield _diag(einsum, f"size {size} names no declared rank", rank=size)
+
+
+def _check_access(cascade: Cascade, einsum: Einsum, access: Access) -> Iterator[Diagnostic]:
+    decl = cascade.declaration(access.tensor)
+    if decl is None:
+        yield _diag(
+            einsum,
+            f"reads undeclared tensor {access.tensor}; declare it as an input or write it first",
+            tensor=access.tensor,
+        )
+        return
+    if len(access.indices) != len(decl.ranks):
+        yield _diag(
+            einsum,
+            f"{access.tensor} has {len(decl.ranks)} ranks [{', '.join(decl.ranks)}] but is "
+            f"indexed with {len(access.indices)}",
+            tensor=access.tensor,
+        )
+        return
+    for position, (index, rank) in enumerate(zip(access.indices, decl.ranks, strict=True)):
+        text = format_index(index)
+        if not is_quasi_affine(index):
+            yield _diag(
+                einsum,
+                f"index '{text}' of {access.tensor} (rank {rank}) is not affine in index variables",
+                tensor=access.tensor,
+                rank=rank,
+            )
+            continue
+        addressed = _addressed_rank(cascade, index)
+        if addressed is not None and addressed != rank:
+            yield _diag(
+                einsum,
+                f"{access.tensor} is indexed at position {position} with '{text}' (rank "
+                f"{addressed}) but is declared with rank {rank} there",
+                tensor=access.tensor,
+                rank=rank,
+            )
+
+
+def _addressed_rank(cascade: Cascade, index: sympy.Expr) -> str | None:
+    """The rank an index expression evidently ranges over, or None when it cannot be told:
+    `m`, `m + 1` range over M; `m1*M0 + m0` over M when M is partitioned into M1, M0."""
+    variables = index_vars(index)
+    if len(variables) == 1:
+        (var,) = variables
+        if sympy.expand(index - index_symbol(var)).is_number:
+            return _rank_name(cascade, var)
+    for part in cascade.partitions:
+        if sympy.expand(index - part.recombined()) == 0:
+            return part.rank
+    return None
+
+
+def _check_reduction(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
+    reduced = sorted(einsum.reduced)
+    if reduced and einsum.reduce is None:
+        yield _diag(
+            einsum,
+            f"indices {', '.join(reduced)} are reduced but the Einsum has no reduce operator",
+            tensor=einsum.tensor,
+            rank=_rank_name(cascade, reduced[0]),
+        )
+    if not reduced and einsum.reduce is not None:
+        yield _diag(
+            einsum,
+            f"reduce operator {einsum.reduce.value} given but every index is on the left",
+            tensor=einsum.tensor,
+        )
+
+
+def _check_iteration(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
+    var = einsum.iterative_index
+    rank = _rank_name(cascade, var) if var else None
+    if var is not None and einsum.init is None:
+        yield _diag(
+            einsum,
+            f"running update over {var} has no initial value; add {_init_text(cascade, einsum)}",
+            tensor=einsum.tensor,
+            rank=rank,
+        )
+    if var is None and einsum.init is not None:
+        yield _diag(
+            einsum,
+            f"{einsum.tensor} has an initial value but is not a running update (no 'r + 1' index)",
+            tensor=einsum.tensor,
+        )
+    if var is not None and einsum.init is not None:
+        extra = indices_used(einsum.init) - (einsum.lhs_vars - {var})
+        for name in sorted(extra):
+            yield _diag(
+                einsum,
+                f"initial value of {einsum.tensor} uses index {name}, which is not one of its "
+                "other left-side indices",
+                tensor=einsum.tensor,
+                rank=_rank_name(cascade, name),
+            )
+
+
+def _init_text(cascade: Cascade, einsum: Einsum) -> str:
+    var = einsum.iterative_index
+    indices = ["0" if iteration_successor(i) == var else format_index(i) for i in einsum.indices]
+    return f"'{einsum.tensor}[{','.join(indices)}] = <value>' before it"
+
+
+def _check_outputs(cascade: Cascade) -> Iterator[Diagnostic]:
+    for decl in cascade.outputs:
+        writer = cascade.writer(decl.name)
+        if writer is None:
+            yield Diagnostic(f"output {decl.name} is never written", decl.span, tensor=decl.name)
+            continue
+        written = tuple(cascade.written_rank(i) for i in writer.indices)
+        if written != decl.ranks:
+            yield _diag(
+                writer,
+                f"writes output {decl.name}[{', '.join(written)}] but it is declared "
+                f"[{', '.join(decl.ranks)}]",
+                tensor=decl.name,
+            )
+
+
+def _check_dependencies(cascade: Cascade) -> Iterator[Diagnostic]:
+    graph = dependency_graph(cascade)
+    by_name = {e.tensor: e for e in cascade.einsums}
+    for cycle in nx.simple_cycles(uncarried(graph)):
+        first = by_name[min(cycle, key=[e.tensor for e in cascade.einsums].index)]
+        yield _diag(
+            first,
+            f"dependency cycle {' -> '.join(cycle + cycle[:1])}; a tensor may read another's "
+            "value only from an earlier iteration (r) of a running update written at r + 1",
+            tensor=first.tensor,
+        )
+    for component in nx.strongly_connected_components(graph):
+        members = [by_name[n] for n in component if n in by_name]
+        loops = {e.iterative_index for e in members} - {None}
+        if len(loops) > 1:
+            yield _diag(
+                members[0],
+                f"Einsums {', '.join(sorted(component))} depend on each other across different "
+                f"iterative ranks ({', '.join(sorted(loops))})",
+            )
+        for einsum in members if loops else ():
+            (var,) = loops
+            if len(members) > 1 and var not in einsum.space:
+                yield _diag(
+                    einsum,
+                    f"{einsum.tensor} takes part in the running update over {var} but does not "
+                    f"iterate {var}",
+                    tensor=einsum.tensor,
+                )
