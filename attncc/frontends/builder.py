@@ -100,7 +100,7 @@ class Index:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _index(value: Index | int) -> sympy.Expr:
+def _index(value: object) -> sympy.Expr:
     if isinstance(value, Index):
         return value.expr
     if isinstance(value, int):
@@ -265,7 +265,7 @@ class TensorRef:
 
     def __getitem__(self, indices: object) -> Value:
         items = indices if isinstance(indices, tuple) else (indices,)
-        return Value(Access(self.name, tuple(_index(i) for i in items)))  # type: ignore[arg-type]
+        return Value(Access(self.name, tuple(_index(i) for i in items)))
 
 
 class CascadeBuilder:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from attncc.frontends.builder import (
     CascadeBuilder,
@@ -105,6 +106,11 @@ def _attention(
     )
 
 
+def _causal(causal: bool, key: Index, query: Index) -> dict[str, Any]:
+    """The `let` options that hide key `key` from query `query` unless key <= query."""
+    return {"where": key <= query, "fill": -math.inf} if causal else {}
+
+
 def attention_3pass(
     *,
     head_dim: int | None = None,
@@ -124,8 +130,7 @@ def attention_3pass(
         gqa_group=gqa_group,
     )
     b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
-    mask = {"where": m <= p, "fill": -math.inf} if causal else {}
-    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **mask)
+    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_causal(causal, m, p))
     GM = b.let("GM", [*h, p], QK[(*h, m, p)], reduce="max")
     SN = b.let("SN", [*h, m, p], exp(QK[(*h, m, p)] - GM[(*h, p)]))
     SD = b.let("SD", [*h, p], SN[(*h, m, p)])
@@ -154,8 +159,7 @@ def attention_2pass(
         gqa_group=gqa_group,
     )
     b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
-    mask = {"where": m <= p, "fill": -math.inf} if causal else {}
-    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **mask)
+    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_causal(causal, m, p))
     GM = b.let("GM", [*h, p], QK[(*h, m, p)], reduce="max")
     SN = b.let("SN", [*h, m, p], exp(QK[(*h, m, p)] - GM[(*h, p)]))
     SD = b.let("SD", [*h, p], SN[(*h, m, p)])
@@ -189,10 +193,10 @@ def attention_1pass(
     m0 = b.rank("M0", tile)
     m1 = b.partition("M", "M1", "M0")
     key = m1 * b.size("M0") + m0
-    mask = {"where": key <= p, "fill": -math.inf} if causal else {}
+
     BK = b.let("BK", [*kv, e, m1, m0], a.k[(*kv, e, key)])
     BV = b.let("BV", [*kv, f, m1, m0], a.v[(*kv, f, key)])
-    BQK = b.let("BQK", [*h, m1, m0, p], a.scores(BK[(*hk, e, m1, m0)]), **mask)
+    BQK = b.let("BQK", [*h, m1, m0, p], a.scores(BK[(*hk, e, m1, m0)]), **_causal(causal, key, p))
     LM = b.let("LM", [*h, m1, p], BQK[(*h, m1, m0, p)], reduce="max")
     RM, RD, RNV = TensorRef("RM"), TensorRef("RD"), TensorRef("RNV")
     b.let("RM", [*h, m1 + 1, p], maximum(RM[(*h, m1, p)], LM[(*h, m1, p)]), init=-math.inf)

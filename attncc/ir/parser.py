@@ -148,7 +148,7 @@ class _Resolver:
             einsums=tuple(einsums),
         )
 
-    def rank_name(self, token: lark.Token) -> str:
+    def rank_name(self, token: lark.Token | lark.Tree) -> str:
         if str(token) != str(token).upper():
             raise self.error(
                 f"rank name '{token}' must be upper case (its index variable is "
@@ -228,7 +228,9 @@ class _Resolver:
         )
         return replace(einsum, reduce=self.reduce_op(einsum, reduction))
 
-    def reduce_op(self, einsum: Einsum, reduction: lark.Token | None) -> ReduceOp | None:
+    def reduce_op(
+        self, einsum: Einsum, reduction: lark.Token | lark.Tree | None
+    ) -> ReduceOp | None:
         reduced = einsum.reduced
         if reduction is None:
             return ReduceOp.SUM if reduced else None
@@ -256,7 +258,7 @@ class _Resolver:
         name, *indices = tree.children
         return Access(str(name), tuple(self.index(i) for i in indices if i is not None))
 
-    def expr(self, node: lark.Tree | lark.Token) -> Expr:
+    def expr(self, node: lark.Tree) -> Expr:
         kind = node.data
         children = node.children
         if kind == "access":

@@ -305,7 +305,7 @@ def _check_dependencies(cascade: Cascade) -> Iterator[Diagnostic]:
         )
     for component in nx.strongly_connected_components(graph):
         members = [by_name[n] for n in component if n in by_name]
-        loops = {e.iterative_index for e in members} - {None}
+        loops = {e.iterative_index for e in members if e.iterative_index is not None}
         if len(loops) > 1:
             yield _diag(
                 members[0],

@@ -38,7 +38,7 @@ MAP_OPS: dict[str, Callable[..., np.ndarray]] = {
     "sqrt": np.sqrt,
     "rsqrt": lambda x: 1.0 / np.sqrt(x),
     "abs": np.abs,
-    "select": lambda c, a, b: np.where(np.asarray(c, dtype=bool), a, b),
+    "select": lambda c, a, b: np.asarray(np.where(np.asarray(c, dtype=bool), a, b)),
     "lt": np.less,
     "le": np.less_equal,
     "gt": np.greater,
