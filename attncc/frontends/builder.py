@@ -38,6 +38,7 @@ from attncc.ir import (
     TensorDecl,
     index_name,
     index_symbol,
+    index_vars,
     size_symbol,
     verify,
 )
@@ -123,12 +124,17 @@ def index_to_value(expr: sympy.Expr) -> Expr:
         if isinstance(expr, sympy.Add):
             op, parts = "add", expr.as_ordered_terms()
         else:
-            op, parts = "mul", expr.as_ordered_factors()
+            # Numbers, then index variables, then sizes: `2*m1*M0` as in index text.
+            op, parts = "mul", sorted(expr.args, key=_factor_order)
         result = index_to_value(parts[0])
         for part in parts[1:]:
             result = Call(op, (result, index_to_value(part)))
         return result
     raise TypeError(f"cannot use index expression {expr} as a value")
+
+
+def _factor_order(factor: sympy.Expr) -> tuple[int, str]:
+    return (0 if factor.is_number else 1 if index_vars(factor) else 2, str(factor))
 
 
 class Value:

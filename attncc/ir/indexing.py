@@ -114,9 +114,13 @@ def _format_operand(expr: sympy.Expr) -> str:
     return f"({text})" if compound else text
 
 
-def _term_order(term: sympy.Expr) -> tuple[int, str]:
-    """Terms with index variables first (`m1*M0 + m0 + 1`), constants last."""
-    return (0 if index_vars(term) else 1 if term.free_symbols else 2, str(term))
+def _term_order(term: sympy.Expr) -> tuple[int, bool, str]:
+    """Terms with index variables first (`m1*M0 + m0 + 1`), constants last; within a group,
+    added terms before subtracted ones (`2*m - p`)."""
+    coeff, _ = term.as_coeff_Mul()
+    group = 0 if index_vars(term) else 1 if term.free_symbols else 2
+    negative = bool(coeff.is_negative)
+    return (group, negative, str(-term if negative else term))
 
 
 def _factor_order(factor: sympy.Expr) -> tuple[int, str]:

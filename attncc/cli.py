@@ -1,0 +1,200 @@
+"""The `attncc` command: thin wrappers over the public API, one function per subcommand.
+
+    attncc dump FILE|NAME [-O key=value ...]        the cascade as text IR
+    attncc check FILE|NAME ...                        verify; located errors, exit status 1
+    attncc run FILE|NAME --shapes E=64,M=512,... [--seed N] [--dtype f64|f32]
+    attncc demo                                       the built-in end-to-end example
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from attncc.backends.numpy.reference import interpret
+from attncc.config import config
+from attncc.errors import AttnccError, VerifyError
+from attncc.frontends.library import attention_1pass
+from attncc.frontends.loader import load
+from attncc.frontends.sdpa import match_sdpa, sdpa_reference
+from attncc.ir import Cascade, DType, bind_sizes, parse, print_cascade
+
+_FLOATS = {DType.F16, DType.BF16, DType.F32, DType.F64}
+
+
+def _option_value(text: str) -> object:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise AttnccError(f"bad {what} entry {item!r}: expected NAME=VALUE")
+        pairs[key.strip()] = text.strip()
+    return pairs
+
+
+def parse_options(items: Sequence[str]) -> dict[str, object]:
+    """`-O causal=true -O tile=128` as keyword options for a library cascade."""
+    return {key: _option_value(text) for key, text in _pairs(items, "-O").items()}
+
+
+def parse_shapes(text: str | None) -> dict[str, int]:
+    """`E=64,M=512` as rank sizes."""
+    sizes = {}
+    for key, value in _pairs([t for t in (text or "").split(",") if t.strip()], "--shapes").items():
+        if not value.isdigit() or int(value) < 1:
+            raise AttnccError(f"--shapes {key}={value}: a size is a positive integer")
+        sizes[key] = int(value)
+    return sizes
+
+
+def random_inputs(
+    cascade: Cascade, sizes: Mapping[str, int], seed: int, dtype: np.dtype
+) -> dict[str, np.ndarray]:
+    """Standard-normal floating-point inputs; integer inputs (ids) drawn from 0..3."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for decl in cascade.inputs:
+        shape = tuple(sizes[r] for r in decl.ranks)
+        if decl.dtype in _FLOATS:
+            inputs[decl.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            inputs[decl.name] = rng.integers(0, 4, size=shape)
+    return inputs
+
+
+def _statistics(name: str, array: np.ndarray) -> str:
+    finite = array[np.isfinite(array)]
+    bad = array.size - finite.size
+    if finite.size == 0:
+        return f"  {name:<8} shape {array.shape}: no finite values"
+    return (
+        f"  {name:<8} shape {array.shape}  mean {finite.mean():+.6g}  std {finite.std():.6g}  "
+        f"min {finite.min():+.6g}  max {finite.max():+.6g}  non-finite {bad}"
+    )
+
+
+def run_and_report(cascade: Cascade, sizes: Mapping[str, int], seed: int, dtype: str) -> float:
+    """Run `cascade` on random inputs, print output statistics and, for attention, the error
+    against PyTorch's scaled_dot_product_attention. Returns that relative error (or NaN)."""
+    bound = bind_sizes(cascade, sizes)
+    numpy_dtype = np.dtype(np.float64 if dtype == "f64" else np.float32)
+    inputs = random_inputs(cascade, bound, seed, numpy_dtype)
+    outputs = interpret(cascade, inputs, bound)
+    print(f"{cascade.name}: {', '.join(f'{k}={v}' for k, v in bound.items())}, {dtype}")
+    for name, array in outputs.items():
+        print(_statistics(name, array))
+    call = match_sdpa(cascade)
+    if call is None:
+        print("  not softmax attention in Q[..,e,p], K[..,e,m], V[..,f,m] layout: no SDPA check")
+        return float("nan")
+    reference = sdpa_reference(call, inputs, bound)
+    error = float(np.abs(outputs[call.output] - reference).max())
+    relative = error / float(np.abs(reference).max())
+    print(
+        f"  max |{call.output} - scaled_dot_product_attention| = {error:.3g} "
+        f"(relative {relative:.3g}; is_causal={call.causal}, enable_gqa={call.gqa})"
+    )
+    return relative
+
+
+def _dump(args: argparse.Namespace) -> int:
+    print(print_cascade(load(args.source, parse_options(args.option))), end="")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    status = 0
+    for source in args.sources:
+        try:
+            cascade = load(source)
+        except VerifyError as error:
+            print(f"{source}: {len(error.diagnostics)} error(s)", file=sys.stderr)
+            for diagnostic in error.diagnostics:
+                print(f"  {diagnostic}", file=sys.stderr)
+            status = 1
+            continue
+        except AttnccError as error:
+            print(f"{source}: {error}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{source}: ok ({cascade.name}, {len(cascade.einsums)} Einsums)")
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    cascade = load(args.source, parse_options(args.option))
+    run_and_report(cascade, parse_shapes(args.shapes), args.seed, args.dtype)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    cascade = attention_1pass(head_dim=64, value_dim=64, tile=64, causal=True)
+    print("The FuseMax 1-pass attention cascade (causal, tiles of 64 keys), as attncc states it:\n")
+    print(print_cascade(cascade))
+    assert parse(print_cascade(cascade)) == cascade
+    print("Printed and parsed back: the same cascade.\n")
+    print("Run by the reference interpreter on random inputs (M = 200 is not a multiple of 64):")
+    relative = run_and_report(cascade, {"M": 200, "P": 200}, seed=0, dtype="f64")
+    if not relative < 1e-10:
+        print("demo FAILED: the interpreter disagrees with PyTorch", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attncc", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def source_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("source", help="a .ein file or a library cascade name")
+        command.add_argument(
+            "-O", "--option", action="append", default=[], help="library option, e.g. causal=true"
+        )
+        return command
+
+    source_command("dump", "print a cascade as text IR").set_defaults(handler=_dump)
+    check = commands.add_parser("check", help="verify cascades; exit status 1 on errors")
+    check.add_argument("sources", nargs="+")
+    check.set_defaults(handler=_check)
+    run = source_command("run", "run a cascade on random inputs with the reference interpreter")
+    run.add_argument("--shapes", help="rank sizes, e.g. E=64,M=512,P=512")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--dtype", choices=("f64", "f32"), default="f64")
+    run.set_defaults(handler=_run)
+    commands.add_parser("demo", help="the built-in end-to-end example").set_defaults(
+        handler=_demo
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=config().log_level, format="%(name)s: %(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except AttnccError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
