@@ -1,9 +1,9 @@
 """The `attncc` command: thin wrappers over the public API, one function per subcommand.
 
-    attncc dump FILE|NAME [-O key=value ...]        the cascade as text IR
-    attncc check FILE|NAME ...                        verify; located errors, exit status 1
-    attncc run FILE|NAME --shapes E=64,M=512,... [--seed N] [--dtype f64|f32]
-    attncc demo                                       the built-in end-to-end example
+attncc dump FILE|NAME [-O key=value ...]        the cascade as text IR
+attncc check FILE|NAME ...                        verify; located errors, exit status 1
+attncc run FILE|NAME --shapes E=64,M=512,... [--seed N] [--dtype f64|f32]
+attncc demo                                       the built-in end-to-end example
 """
 
 from __future__ import annotations
@@ -180,9 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--dtype", choices=("f64", "f32"), default="f64")
     run.set_defaults(handler=_run)
-    commands.add_parser("demo", help="the built-in end-to-end example").set_defaults(
-        handler=_demo
-    )
+    commands.add_parser("demo", help="the built-in end-to-end example").set_defaults(handler=_demo)
     return parser
 
 

@@ -56,7 +56,11 @@ def test_attention_matches_sdpa(name: str, causal: bool, shape: tuple) -> None:
     out = interpret(cascade, {"Q": q, "K": k, "V": v})["AV"]
 
     expected = torch.nn.functional.scaled_dot_product_attention(
-        torch_layout(q), torch_layout(k), torch_layout(v), is_causal=causal, enable_gqa=g is not None
+        torch_layout(q),
+        torch_layout(k),
+        torch_layout(v),
+        is_causal=causal,
+        enable_gqa=g is not None,
     )
     expected_np = expected.transpose(-1, -2).numpy()
     assert out.dtype == np.float64
@@ -82,7 +86,11 @@ def test_running_values_are_the_prefix_reductions() -> None:
     """RM[m1] is the max of the first m1 tiles; RD the sum of exp(score - RM) over them."""
     cascade = attention_1pass(tile=4, scale=1.0)
     rng = np.random.default_rng(2)
-    q, k, v = rng.standard_normal((3, 5)), rng.standard_normal((3, 10)), rng.standard_normal((2, 10))
+    q, k, v = (
+        rng.standard_normal((3, 5)),
+        rng.standard_normal((3, 10)),
+        rng.standard_normal((2, 10)),
+    )
 
     values = interpret(cascade, {"Q": q, "K": k, "V": v}, keep_temporaries=True)
 
@@ -90,9 +98,7 @@ def test_running_values_are_the_prefix_reductions() -> None:
     for tiles in range(1, 4):
         seen = scores[: min(4 * tiles, 10)]
         np.testing.assert_allclose(values["RM"][tiles], seen.max(axis=0))
-        np.testing.assert_allclose(
-            values["RD"][tiles], np.exp(seen - seen.max(axis=0)).sum(axis=0)
-        )
+        np.testing.assert_allclose(values["RD"][tiles], np.exp(seen - seen.max(axis=0)).sum(axis=0))
     assert np.all(values["RM"][0] == -np.inf)
 
 
@@ -158,7 +164,7 @@ def test_shapes_must_agree() -> None:
     q, v = np.ones((4, 3)), np.ones((2, 5))
     with pytest.raises(ShapeError, match=r"rank M is 6 from input K .* but 5 from input V"):
         interpret(cascade, {"Q": q, "V": v, "K": np.ones((4, 6))})
-    with pytest.raises(ShapeError, match="rank E is 3 from input K .* but 4 from the cascade"):
+    with pytest.raises(ShapeError, match=r"rank E is 3 from input K .* but 4 from the cascade"):
         interpret(cascade, {"Q": np.ones((3, 3)), "K": np.ones((3, 5)), "V": v})
     with pytest.raises(ShapeError, match="input K has 3 dimensions"):
         interpret(cascade, {"Q": q, "K": np.ones((4, 5, 1)), "V": v})

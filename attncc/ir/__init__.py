@@ -15,6 +15,7 @@ from attncc.ir.indexing import (
     index_name,
     index_symbol,
     index_vars,
+    is_quasi_affine,
     size_symbol,
 )
 from attncc.ir.parser import parse, parse_file
@@ -53,6 +54,7 @@ __all__ = [
     "index_name",
     "index_symbol",
     "index_vars",
+    "is_quasi_affine",
     "iteration_successor",
     "parse",
     "parse_file",
