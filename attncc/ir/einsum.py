@@ -43,6 +43,7 @@ class Einsum:
     filter: Filter | None = None
     init: Expr | None = None
     span: SourceSpan | None = field(default=None, compare=False, repr=False)
+    init_span: SourceSpan | None = field(default=None, compare=False, repr=False)
 
     @property
     def output(self) -> Access:

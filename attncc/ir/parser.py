@@ -21,7 +21,7 @@ from attncc.errors import ParseError, SourceSpan
 from attncc.ir.cascade import Cascade, DType, Partition, Rank, Role, TensorDecl
 from attncc.ir.einsum import Einsum, Filter, ReduceOp, iteration_successor
 from attncc.ir.expr import INFIX_BY_SYMBOL, OPS, Access, Call, Const, Coord, Expr, Size
-from attncc.ir.indexing import floordiv, index_symbol, size_symbol
+from attncc.ir.indexing import floordiv, format_index, index_symbol, size_symbol
 
 _TERMINAL_NAMES = {
     "NAME": "a name",
@@ -76,26 +76,69 @@ def _describe_terminal(name: str) -> str:
     return f"'{pattern.value}'"
 
 
-def _syntax_error(error: lark.exceptions.UnexpectedInput, text: str, filename: str | None):
+def _syntax_error(
+    error: lark.exceptions.UnexpectedInput, text: str, filename: str | None
+) -> ParseError:
     lines = text.splitlines() or [""]
     line, column = error.line, error.column
-    if line is None or line < 1:
+    at_end = isinstance(error, lark.exceptions.UnexpectedEOF) or (
+        isinstance(error, lark.exceptions.UnexpectedToken) and error.token.type == "$END"
+    )
+    if at_end or line is None or line < 1:
         line, column = len(lines), len(lines[-1]) + 1
     if isinstance(error, lark.exceptions.UnexpectedCharacters):
         found = f"unexpected character {error.char!r}"
         expected = error.allowed or set()
-    elif isinstance(error, lark.exceptions.UnexpectedToken) and error.token.type != "$END":
+    elif isinstance(error, lark.exceptions.UnexpectedToken) and not at_end:
         token = error.token
         found = "unexpected end of line" if token.type == "_NL" else f"unexpected '{token}'"
         expected = error.accepts or error.expected
     else:
         found = "unexpected end of input"
         expected = getattr(error, "expected", set())
-    wanted = sorted({_describe_terminal(t) for t in expected})
-    message = found + (f"; expected {', '.join(wanted)}" if wanted else "")
     source = lines[line - 1] if line <= len(lines) else ""
+    hint = _reduction_hint(source[: column - 1])
+    if hint is not None:
+        message, column = hint
+    else:
+        wanted = sorted({_describe_terminal(t) for t in expected})
+        message = found + (f"; expected {', '.join(wanted)}" if wanted else "")
     message += f"\n    {source}\n    {' ' * (column - 1)}^"
     return ParseError(message, SourceSpan(line, column, filename))
+
+
+_CALL_AT_START = re.compile(r"=\s*([A-Za-z_]\w*)\(\s*(\w+(?:\s*,\s*\w+)*)\s*\)\s*$")
+
+
+def _reduction_hint(before: str) -> tuple[str, int] | None:
+    """A clearer message, and the column of the call it is about, when the text before an error
+    reads as a failed reduction prefix (`= prod(m) X[m]`, `= max(M) X[m]`) or as a map max of
+    coordinates taken for one."""
+    match = _CALL_AT_START.search(before)
+    if match is None:
+        return None
+    column = match.start(1) + 1
+    name, indices = match.group(1), [i.strip() for i in match.group(2).split(",")]
+    call = f"{name}({', '.join(indices)})"
+    if name not in {op.value for op in ReduceOp}:
+        message = (
+            f"unknown reduce operator '{name}'; a reduction prefix is sum(...), max(...) or "
+            "min(...) over index variables"
+        )
+    elif any(not i.islower() for i in indices):
+        lowered = f"{name}({', '.join(i.lower() for i in indices)})"
+        message = f"{call} must reduce over index variables, which are lower case: {lowered}"
+    else:
+        message = (
+            f"{call} at the start of a right side is a reduction prefix and needs an expression "
+            f"after it; for the map operator write ({call})"
+        )
+    return message, column
+
+
+def format_access(access: Access) -> str:
+    """`T[i,j]` as the printer writes it (the printer imports this module, not the reverse)."""
+    return f"{access.tensor}[{','.join(format_index(i) for i in access.indices)}]"
 
 
 class _Resolver:
@@ -151,8 +194,8 @@ class _Resolver:
     def rank_name(self, token: lark.Token | lark.Tree) -> str:
         if str(token) != str(token).upper():
             raise self.error(
-                f"rank name '{token}' must be upper case (its index variable is "
-                f"'{str(token).lower()}')",
+                f"rank name '{token}' must be upper case: declare rank {str(token).upper()}, "
+                f"whose index variable is {str(token).lower()}",
                 token,
             )
         return str(token)
@@ -169,10 +212,9 @@ class _Resolver:
         ranks = tuple(str(i).upper() for i in indices if i is not None)
         for index in indices:
             if index is not None and str(index) != str(index).lower():
+                fixed = ",".join(str(i).lower() for i in indices)
                 raise self.error(
-                    f"declare {name} with index variables (lower case), e.g. "
-                    f"{name}[{str(index).lower()}]",
-                    index,
+                    f"declare {name} with index variables (lower case): {name}[{fixed}]", index
                 )
         try:
             element = DType(str(dtype)) if dtype is not None else DType.F32
@@ -196,24 +238,32 @@ class _Resolver:
     def attach_init(
         self, einsums: list[Einsum], statement: lark.Tree, target: Access, value: Expr
     ) -> list[Einsum]:
-        text = f"{target.tensor}[{', '.join(str(i) for i in target.indices)}]"
+        text = format_access(target)
         for position, einsum in enumerate(einsums):
             if einsum.tensor != target.tensor:
                 continue
+            if einsum.iterative_index is None:
+                raise self.error(
+                    f"initial value {text} given, but {format_access(einsum.output)} is not a "
+                    "running update (no 'r+1' index on its left side)",
+                    statement,
+                )
             expected = tuple(
                 sympy.Integer(0) if iteration_successor(i) else i for i in einsum.indices
             )
             if expected != target.indices:
+                start = format_access(Access(einsum.tensor, expected))
                 raise self.error(
                     f"{text} is not the coordinate-0 value of the running update "
-                    f"{einsum.tensor}[{', '.join(str(i) for i in einsum.indices)}]",
+                    f"{format_access(einsum.output)}; write {start}",
                     statement,
                 )
             if einsum.init is not None:
                 raise self.error(f"second initial value for {target.tensor}", statement)
-            return [*einsums[:position], replace(einsum, init=value), *einsums[position + 1 :]]
+            started = replace(einsum, init=value, init_span=self.span(statement))
+            return [*einsums[:position], started, *einsums[position + 1 :]]
         raise self.error(
-            f"initial value {text} but no Einsum updates {target.tensor} with an 'r + 1' index",
+            f"initial value {text} but no Einsum updates {target.tensor} with an 'r+1' index",
             statement,
         )
 

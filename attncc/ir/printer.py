@@ -13,7 +13,7 @@ from attncc.ir.cascade import Cascade, Partition, Rank, TensorDecl
 from attncc.ir.einsum import Einsum, ReduceOp, iteration_successor
 from attncc.ir.expr import OPS, Access, Call, Const, Coord, Expr, Size
 from attncc.ir.indexing import format_index, index_name
-from attncc.ir.parser import reduction_prefix
+from attncc.ir.parser import format_access, reduction_prefix
 
 _ATOM = 100
 
@@ -26,10 +26,6 @@ def format_number(value: float) -> str:
         text = str(int(value))
         return "-0" if text == "0" and math.copysign(1.0, value) < 0 else text
     return repr(value)
-
-
-def format_access(access: Access) -> str:
-    return f"{access.tensor}[{','.join(format_index(i) for i in access.indices)}]"
 
 
 def format_expr(expr: Expr) -> str:

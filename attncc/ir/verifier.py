@@ -1,9 +1,11 @@
 """The verifier: every rule a cascade must follow before anything else may look at it.
 
 It checks, and reports every violation it finds (not just the first):
-- ranks: names unique; sizes use only declared ranks; partitions split a declared rank by a
-  declared inner rank into a new outer rank;
-- declarations: tensor names unique; every rank they use is declared;
+- ranks: names unique; a size is a positive integer or a finite expression of other declared
+  ranks' sizes (no index variables, no circular definitions); partitions split a declared rank
+  by a declared inner rank into a new outer rank;
+- declarations: at least one output; tensor names unique; every rank they use is declared,
+  once per tensor;
 - each Einsum: it writes neither an input nor a tensor written before; its left side indexes
   each rank with a variable `r` or, for a running update, `r + 1`; every left-side variable
   appears on the right; every index variable and size belongs to a declared rank; every access
@@ -63,6 +65,20 @@ def _check_ranks(cascade: Cascade) -> Iterator[Diagnostic]:
             yield Diagnostic(
                 f"size of rank {rank.name} uses undeclared rank {name}", rank.span, rank=rank.name
             )
+        if rank.size.is_number and not (rank.size.is_finite and rank.size > 0):
+            yield Diagnostic(
+                f"size of rank {rank.name} is {rank.size}; a size must be positive and finite",
+                rank.span,
+                rank=rank.name,
+            )
+        for name in sorted(index_vars(rank.size)):
+            yield Diagnostic(
+                f"size of rank {rank.name} uses index variable {name}; a size is an integer or "
+                f"an expression of other ranks' sizes ({name.upper()})",
+                rank.span,
+                rank=rank.name,
+            )
+    yield from _check_size_cycles(cascade)
     for part in cascade.partitions:
         where = f"partition {part.rank} -> {part.outer}, {part.inner}"
         for name in (part.rank, part.inner):
@@ -77,12 +93,35 @@ def _check_ranks(cascade: Cascade) -> Iterator[Diagnostic]:
         seen.add(part.outer)
 
 
+def _check_size_cycles(cascade: Cascade) -> Iterator[Diagnostic]:
+    uses = nx.DiGraph()
+    for rank in cascade.ranks:
+        uses.add_edges_from((rank.name, used) for used in size_names(rank.size) - {rank.name})
+    spans = {r.name: r.span for r in cascade.ranks}
+    for cycle in nx.simple_cycles(uses):
+        yield Diagnostic(
+            f"sizes of ranks {' -> '.join([*cycle, cycle[0]])} are defined in a circle",
+            spans.get(cycle[0]),
+            rank=cycle[0],
+        )
+
+
 def _check_declarations(cascade: Cascade) -> Iterator[Diagnostic]:
+    if not cascade.outputs:
+        yield Diagnostic(f"cascade {cascade.name} declares no output; add 'output NAME[...]'")
     seen: set[str] = set()
     for decl in cascade.inputs + cascade.outputs:
         if decl.name in seen:
             yield Diagnostic(f"tensor {decl.name} is declared twice", decl.span, tensor=decl.name)
         seen.add(decl.name)
+        for rank in sorted({r for r in decl.ranks if decl.ranks.count(r) > 1}):
+            yield Diagnostic(
+                f"{decl.role.value} {decl.name} uses rank {rank} twice; a tensor has each rank "
+                "once",
+                decl.span,
+                tensor=decl.name,
+                rank=rank,
+            )
         for rank in decl.ranks:
             if cascade.rank(rank) is None:
                 yield Diagnostic(
@@ -135,23 +174,35 @@ def _rank_name(cascade: Cascade, var: str) -> str | None:
 def _check_left_side(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
     seen: set[str] = set()
     successors = 0
+    tensor = einsum.tensor
     for index in einsum.indices:
         variables = index_vars(index)
+        rank = _rank_name(cascade, min(variables)) if variables else None
         is_plain = isinstance(index, sympy.Symbol) and bool(variables)
         if iteration_successor(index) is not None:
             successors += 1
         elif not is_plain:
             yield _diag(
                 einsum,
-                f"left-side index '{format_index(index)}' of {einsum.tensor} must be an index "
-                "variable (m) or, for a running update, its successor (m1 + 1)",
-                tensor=einsum.tensor,
+                f"left-side index '{format_index(index)}' of {tensor} must be an index "
+                "variable (m) or, for a running update, its successor (m1+1)",
+                tensor=tensor,
+                rank=rank,
             )
         for var in sorted(variables & seen):
-            yield _diag(einsum, f"index {var} appears twice on the left", einsum.tensor)
+            yield _diag(
+                einsum,
+                f"index {var} appears twice on the left of {tensor}",
+                tensor=tensor,
+                rank=_rank_name(cascade, var),
+            )
         seen |= variables
     if successors > 1:
-        yield _diag(einsum, "a running update iterates one rank; the left side has several 'r + 1'")
+        yield _diag(
+            einsum,
+            "a running update iterates one rank; the left side has several 'r+1' indices",
+            tensor=tensor,
+        )
 
 
 def _check_names(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
@@ -204,8 +255,8 @@ def _check_access(cascade: Cascade, einsum: Einsum, access: Access) -> Iterator[
         if addressed is not None and addressed != rank:
             yield _diag(
                 einsum,
-                f"{access.tensor} is indexed at position {position} with '{text}' (rank "
-                f"{addressed}) but is declared with rank {rank} there",
+                f"{access.tensor} is indexed with '{text}' (rank {addressed}) in position "
+                f"{position + 1}, where it is declared with rank {rank}",
                 tensor=access.tensor,
                 rank=rank,
             )
@@ -255,16 +306,17 @@ def _check_iteration(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
     if var is None and einsum.init is not None:
         yield _diag(
             einsum,
-            f"{einsum.tensor} has an initial value but is not a running update (no 'r + 1' index)",
+            f"{einsum.tensor} has an initial value but is not a running update (no 'r+1' index)",
             tensor=einsum.tensor,
         )
     if var is not None and einsum.init is not None:
         extra = indices_used(einsum.init) - (einsum.lhs_vars - {var})
         for name in sorted(extra):
-            yield _diag(
-                einsum,
+            yield Diagnostic(
                 f"initial value of {einsum.tensor} uses index {name}, which is not one of its "
                 "other left-side indices",
+                einsum.init_span or einsum.span,
+                einsum=einsum.tensor,
                 tensor=einsum.tensor,
                 rank=_rank_name(cascade, name),
             )
@@ -283,7 +335,8 @@ def _check_outputs(cascade: Cascade) -> Iterator[Diagnostic]:
             yield Diagnostic(f"output {decl.name} is never written", decl.span, tensor=decl.name)
             continue
         written = tuple(cascade.written_rank(i) for i in writer.indices)
-        if written != decl.ranks:
+        resolved = all(cascade.rank(r) is not None for r in (*written, *decl.ranks))
+        if resolved and written != decl.ranks:
             yield _diag(
                 writer,
                 f"writes output {decl.name}[{', '.join(written)}] but it is declared "
@@ -303,21 +356,27 @@ def _check_dependencies(cascade: Cascade) -> Iterator[Diagnostic]:
             "value only from an earlier iteration (r) of a running update written at r + 1",
             tensor=first.tensor,
         )
+    position = {e.tensor: i for i, e in enumerate(cascade.einsums)}
     for component in nx.strongly_connected_components(graph):
-        members = [by_name[n] for n in component if n in by_name]
-        loops = {e.iterative_index for e in members if e.iterative_index is not None}
+        members = sorted(
+            (by_name[n] for n in component if n in by_name), key=lambda e: position[e.tensor]
+        )
+        loops = sorted({e.iterative_index for e in members if e.iterative_index is not None})
         if len(loops) > 1:
             yield _diag(
                 members[0],
-                f"Einsums {', '.join(sorted(component))} depend on each other across different "
-                f"iterative ranks ({', '.join(sorted(loops))})",
+                f"Einsums {', '.join(e.tensor for e in members)} depend on each other across "
+                f"different iterative ranks ({', '.join(loops)})",
+                tensor=members[0].tensor,
             )
-        for einsum in members if loops else ():
+        elif loops and len(members) > 1:
             (var,) = loops
-            if len(members) > 1 and var not in einsum.space:
-                yield _diag(
-                    einsum,
-                    f"{einsum.tensor} takes part in the running update over {var} but does not "
-                    f"iterate {var}",
-                    tensor=einsum.tensor,
-                )
+            for einsum in members:
+                if var not in einsum.lhs_vars:
+                    yield _diag(
+                        einsum,
+                        f"{einsum.tensor} takes part in the running update over {var} but does "
+                        f"not write one value per {var} (no {var} on its left side)",
+                        tensor=einsum.tensor,
+                        rank=_rank_name(cascade, var),
+                    )
