@@ -9,12 +9,16 @@ attncc demo                                       the built-in end-to-end exampl
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from attncc.analysis.dot import to_dot, write_dot
+from attncc.analysis.report import analyze, format_report, max_passes, report_json
 from attncc.backends.numpy.reference import interpret
 from attncc.config import config
 from attncc.errors import AttnccError, VerifyError
@@ -145,6 +149,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    cascade = load(args.source, parse_options(args.option))
+    ranks = tuple(args.rank) if args.rank else None
+    analysis = analyze(cascade, ranks)
+    sizes = parse_shapes(args.shapes) if args.shapes else None
+    if args.json:
+        print(json.dumps(report_json(analysis, sizes), indent=2))
+    else:
+        print(format_report(analysis, sizes), end="")
+    if args.dot:
+        chosen = next((p for p in analysis.passes if p.passes == max_passes(analysis)), None)
+        written = write_dot(to_dot(cascade, chosen), Path(args.dot))
+        print(f"graph written to {written}", file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     cascade = attention_1pass(head_dim=64, value_dim=64, tile=64, causal=True)
     print("The FuseMax 1-pass attention cascade (causal, tiles of 64 keys), as attncc states it:\n")
@@ -180,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--dtype", choices=("f64", "f32"), default="f64")
     run.set_defaults(handler=_run)
+    analyze_command = source_command("analyze", "pass lower bound, footprint and cost")
+    analyze_command.add_argument(
+        "--rank", action="append", help="rank to count passes over (repeatable; default: all)"
+    )
+    analyze_command.add_argument("--shapes", help="evaluate at these sizes, e.g. E=64,M=4096")
+    analyze_command.add_argument("--json", action="store_true", help="JSON for scripts")
+    analyze_command.add_argument("--dot", help="write the graph (.dot, or .svg/.png via Graphviz)")
+    analyze_command.set_defaults(handler=_analyze)
     commands.add_parser("demo", help="the built-in end-to-end example").set_defaults(handler=_demo)
     return parser
 

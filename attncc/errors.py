@@ -79,3 +79,7 @@ class PassError(AttnccError):
 
 class LoweringError(AttnccError):
     """A cascade a backend cannot lower; says what stands in the way."""
+
+
+class AnalysisError(AttnccError):
+    """A malformed analysis request: a rank the cascade lacks, a size that is not given."""

@@ -29,6 +29,7 @@ from attncc.ir import (
     Expr,
     Size,
     index_symbol,
+    product_factors,
     size_symbol,
     walk,
 )
@@ -85,7 +86,7 @@ def _uses_softmax(cascade: Cascade) -> bool:
 
 def _constant_factor(expr: Expr) -> Expr | None:
     """The product of the factors of `expr` that are not accesses (None if one is not constant)."""
-    factors = _factors(expr)
+    factors = product_factors(expr)
     constants = [f for f in factors if not isinstance(f, Access)]
     if any(_reads_data(f) for f in constants):
         return None
@@ -93,12 +94,6 @@ def _constant_factor(expr: Expr) -> Expr | None:
     for factor in constants:
         product = Call("mul", (product, factor))
     return product
-
-
-def _factors(expr: Expr) -> list[Expr]:
-    if isinstance(expr, Call) and expr.op == "mul":
-        return [f for arg in expr.args for f in _factors(arg)]
-    return [expr]
 
 
 def _reads_data(expr: Expr) -> bool:

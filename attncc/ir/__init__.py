@@ -6,7 +6,19 @@ without touching its users.
 
 from attncc.ir.cascade import Cascade, DType, Partition, Rank, Role, TensorDecl
 from attncc.ir.einsum import Einsum, Filter, ReduceOp, iteration_successor
-from attncc.ir.expr import OPS, Access, Call, Const, Coord, Expr, OpInfo, Size, walk
+from attncc.ir.expr import (
+    OPS,
+    Access,
+    Call,
+    Const,
+    Coord,
+    Expr,
+    OpInfo,
+    Size,
+    indices_used,
+    product_factors,
+    walk,
+)
 from attncc.ir.graph import Step, dependency_graph, execution_order
 from attncc.ir.indexing import (
     evaluate_index,
@@ -54,11 +66,13 @@ __all__ = [
     "index_name",
     "index_symbol",
     "index_vars",
+    "indices_used",
     "is_quasi_affine",
     "iteration_successor",
     "parse",
     "parse_file",
     "print_cascade",
+    "product_factors",
     "size_symbol",
     "verify",
     "walk",

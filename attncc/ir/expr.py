@@ -155,3 +155,10 @@ def sizes_used(expr: Expr) -> frozenset[str]:
         elif isinstance(node, Size):
             found.add(node.rank)
     return frozenset(found)
+
+
+def product_factors(expr: Expr) -> list[Expr]:
+    """The factors of a product tree, in order (a lone expression is a product of one)."""
+    if isinstance(expr, Call) and expr.op == "mul":
+        return [f for arg in expr.args for f in product_factors(arg)]
+    return [expr]

@@ -43,6 +43,7 @@ from attncc.ir import (
     index_name,
     index_vars,
     iteration_successor,
+    product_factors,
     verify,
 )
 
@@ -210,7 +211,7 @@ class _EinsumEvaluation:
         function, identity = REDUCE_OPS[reduce]
         reduced = frozenset(self.einsum.reduced)
         axes = tuple(k for k, v in enumerate(self.layout) if v in reduced)
-        factors = _product_factors(self.einsum.expr) if reduce is ReduceOp.SUM else None
+        factors = product_factors(self.einsum.expr) if reduce is ReduceOp.SUM else None
         if factors is not None:
             fields = [self.expr(f, mask) for f in factors]
             if mask is None or not (mask.axes & reduced):
@@ -313,10 +314,3 @@ class _EinsumEvaluation:
 
 def _conjunction(a: Field | None, b: Field) -> Field:
     return b if a is None else Field(a.array & b.array, a.axes | b.axes)
-
-
-def _product_factors(expr: Expr) -> list[Expr]:
-    """The factors of a product tree (a lone expression is a product of one factor)."""
-    if isinstance(expr, Call) and expr.op == "mul":
-        return [f for arg in expr.args for f in _product_factors(arg)]
-    return [expr]
