@@ -6,8 +6,9 @@ reads, at the current coordinate, a value that some Einsum reduced over the whol
 coordinate of a tensor that is complete only after the traversal, such as a running value's
 final entry) cannot start before that traversal ends: it belongs to a later pass. The number of
 such dependencies along the longest chain, plus one, is the minimum number of passes.
-Reads of the current or an earlier coordinate stream within a pass; a running update over R
-(`RM[m1+1,p] = max(RM[m1,p], ...)`) consumed at the same iteration starts no new pass.
+Reads a fixed distance from the current coordinate (`m`, `m-1`, `m+2`) stream within a pass
+through a bounded window; a running update over R (`RM[m1+1,p] = max(RM[m1,p], ...)`) consumed
+at the same iteration starts no new pass; reading its final value (`RM[M1,p]`) does.
 
 Einsums that do not iterate R run between passes ("after pass k"). A partitioned rank
 M -> M1, M0 is analysed twice: over M1, the traversal of tiles that goes to memory, and over
@@ -183,27 +184,27 @@ def _odd(value: int) -> int:
 
 
 def _blocking_read(cascade: Cascade, producer: Einsum, consumer: Einsum, var: str) -> str | None:
-    """Why `consumer`, iterating `var`, cannot read `producer` within the same traversal
-    (None when every read is of the current or an earlier coordinate)."""
+    """Why `consumer`, iterating `var`, cannot read `producer` within the same traversal; None
+    when every read is a fixed distance from the current coordinate (`m`, `m-1`, `m+1`: a
+    bounded window) or a fixed early coordinate (`0`), ready after a bounded number of steps."""
     position = next(
         (k for k, index in enumerate(producer.indices) if var in index_vars(index)), None
     )
     if position is None:
         op = producer.reduce.value if producer.reduce else "sum"
         return f"{producer.tensor} reduces {var} fully ({op}); {consumer.tensor} iterates {var}"
-    running = producer.iterative_index == var
     current = index_symbol(var)
     for access in consumer.read_accesses():
         if access.tensor != producer.tensor:
             continue
-        offset = sympy.expand(access.indices[position] - current)
-        limit = 1 if running else 0
-        if not (offset.is_Integer and offset <= limit):
-            read = f"{access.tensor}[{','.join(format_index(i) for i in access.indices)}]"
-            return (
-                f"{consumer.tensor} reads {read}, which is complete only after the whole "
-                f"traversal of {var}"
-            )
+        index = access.indices[position]
+        if sympy.expand(index - current).is_Integer or index.is_Integer:
+            continue
+        read = f"{access.tensor}[{','.join(format_index(i) for i in access.indices)}]"
+        return (
+            f"{consumer.tensor} reads {read}, which is complete only after the whole "
+            f"traversal of {var}"
+        )
     return None
 
 
