@@ -135,3 +135,11 @@ def test_analyze_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
 
     assert main(["analyze", "attention_3pass", "--rank", "X"]) == 1
     assert "rank X is not a rank of attention_3pass" in capsys.readouterr().err
+
+
+def test_readme_shows_the_real_analyze_output() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    command = "$ .venv/bin/attncc analyze attention_3pass\n"
+    shown = readme.split(command, 1)[1].split("```", 1)[0]
+
+    assert shown == format_report(analyze(attention_3pass()))
