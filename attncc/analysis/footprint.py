@@ -90,7 +90,7 @@ def footprint(cascade: Cascade, passes: RankPasses) -> Footprint:
         live = by_pass[number]
         if einsum.iterative_index == passes.index:
             live.setdefault(einsum.tensor, sizes.running(einsum, passes.index))
-        for name in einsum.reads:
+        for name in dict.fromkeys(a.tensor for a in einsum.read_accesses()):
             producer = cascade.writer(name)
             if producer is None or producer.tensor == einsum.tensor:
                 continue
