@@ -105,3 +105,18 @@ def test_quasi_affine() -> None:
 def test_builder_rejects_lower_case_rank() -> None:
     with pytest.raises(ValueError, match="upper case"):
         CascadeBuilder("x").rank("m")
+
+
+def test_keywords_cannot_name_tensors_or_indices() -> None:
+    b = CascadeBuilder("reserved")
+    ceil = b.rank("CEIL")
+    X = b.input("X", [ceil])
+    b.output("inf", [ceil])
+    b.let("inf", [ceil], X[ceil])
+
+    with pytest.raises(VerifyError) as error:
+        b.build()
+
+    messages = [d.message for d in error.value.diagnostics]
+    assert any("index variable 'ceil', a keyword" in m for m in messages)
+    assert any("tensor name 'inf' is a keyword" in m for m in messages)

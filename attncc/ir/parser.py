@@ -55,6 +55,12 @@ def parse(text: str, *, filename: str | None = None, name: str | None = None) ->
     return _Resolver(filename).cascade(tree, default_name)
 
 
+def keywords() -> frozenset[str]:
+    """Words of the text form that cannot name a tensor, a rank or an index variable."""
+    literals = (t.pattern.value for t in _lark().terminals if t.pattern.type == "str")
+    return frozenset(w for w in literals if w.isidentifier())
+
+
 def reduction_prefix() -> re.Pattern[str]:
     """The pattern of a reduction prefix (`max(m)`); the printer keeps map calls from matching."""
     return re.compile(_lark().get_terminal("REDUCTION").pattern.value)

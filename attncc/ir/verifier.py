@@ -1,6 +1,7 @@
 """The verifier: every rule a cascade must follow before anything else may look at it.
 
 It checks, and reports every violation it finds (not just the first):
+- names: no tensor and no index variable is a keyword of the text form (`inf`, `where`, ...);
 - ranks: names unique; a size is a positive integer or a finite expression of other declared
   ranks' sizes (no index variables, no circular definitions); partitions split a declared rank
   by a declared inner rank into a new outer rank;
@@ -32,6 +33,7 @@ from attncc.ir.einsum import Einsum, iteration_successor
 from attncc.ir.expr import Access, indices_used, sizes_used
 from attncc.ir.graph import dependency_graph, uncarried
 from attncc.ir.indexing import format_index, index_symbol, index_vars, is_quasi_affine, size_names
+from attncc.ir.parser import keywords
 
 
 def verify(cascade: Cascade) -> None:
@@ -43,7 +45,8 @@ def verify(cascade: Cascade) -> None:
 
 def diagnose(cascade: Cascade) -> list[Diagnostic]:
     """Every problem in `cascade`, in source order."""
-    found = [*_check_ranks(cascade), *_check_declarations(cascade)]
+    found = [*_check_names_are_not_keywords(cascade), *_check_ranks(cascade)]
+    found += _check_declarations(cascade)
     written: set[str] = set()
     for einsum in cascade.einsums:
         found.extend(_check_einsum(cascade, einsum, written))
@@ -52,6 +55,28 @@ def diagnose(cascade: Cascade) -> list[Diagnostic]:
     if not found:
         found.extend(_check_dependencies(cascade))
     return found
+
+
+def _check_names_are_not_keywords(cascade: Cascade) -> Iterator[Diagnostic]:
+    reserved = keywords()
+    for rank in cascade.all_ranks():
+        if rank.index in reserved:
+            yield Diagnostic(
+                f"rank {rank.name} has index variable '{rank.index}', a keyword of the text form; "
+                "rename the rank",
+                rank.span,
+                rank=rank.name,
+            )
+    tensors = [(d.name, d.span, None) for d in cascade.inputs + cascade.outputs]
+    tensors += [(e.tensor, e.span, e.tensor) for e in cascade.einsums]
+    for name, span, einsum in tensors:
+        if name in reserved:
+            yield Diagnostic(
+                f"tensor name '{name}' is a keyword of the text form; rename the tensor",
+                span,
+                einsum=einsum,
+                tensor=name,
+            )
 
 
 def _check_ranks(cascade: Cascade) -> Iterator[Diagnostic]:
