@@ -67,6 +67,7 @@ def _check_names_are_not_keywords(cascade: Cascade) -> Iterator[Diagnostic]:
                 rank.span,
                 rank=rank.name,
             )
+    tensors: list[tuple[str, SourceSpan | None, str | None]]
     tensors = [(d.name, d.span, None) for d in cascade.inputs + cascade.outputs]
     tensors += [(e.tensor, e.span, e.tensor) for e in cascade.einsums]
     for name, span, einsum in tensors:
