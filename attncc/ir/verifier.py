@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import networkx as nx
 import sympy
 
-from attncc.errors import Diagnostic, VerifyError
+from attncc.errors import Diagnostic, SourceSpan, VerifyError
 from attncc.ir.cascade import Cascade
 from attncc.ir.einsum import Einsum, iteration_successor
 from attncc.ir.expr import Access, indices_used, sizes_used
