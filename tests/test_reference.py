@@ -8,7 +8,7 @@ import torch
 
 from attncc.backends.numpy.reference import interpret
 from attncc.errors import ExecutionError, ShapeError
-from attncc.frontends.builder import CascadeBuilder
+from attncc.frontends.builder import CascadeBuilder, TensorRef, maximum
 from attncc.frontends.library import (
     attention_1pass,
     attention_2pass,
@@ -179,3 +179,17 @@ def test_out_of_range_read_is_located() -> None:
 
     with pytest.raises(ExecutionError, match=r"Einsum Y: X\[m\+1\] reads index 3 along rank M"):
         interpret(b.build(), {"X": np.ones(3)})
+
+
+def test_filter_of_a_running_update_does_not_apply_to_its_initial_value() -> None:
+    b = CascadeBuilder("filtered_running_max")
+    j = b.rank("J")
+    X = b.input("X", [j])
+    b.output("R", [j])
+    R = TensorRef("R")
+    b.let("R", [j + 1], maximum(R[j], X[j]), init=-1.0, where=j >= 1, fill=7.0)
+
+    r = interpret(b.build(), {"X": np.array([5.0, 2.0, 3.0])})["R"]
+
+    # Step j=0 is filtered out (takes the fill); later steps run the max from there.
+    np.testing.assert_array_equal(r, [-1.0, 7.0, 7.0, 7.0])

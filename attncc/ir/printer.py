@@ -66,21 +66,24 @@ def _format_call(call: Call) -> tuple[str, int]:
     return f"{left} {info.symbol} {right}", info.precedence
 
 
+def _guarded(body: str) -> str:
+    """A right side without a reduction: a leading map max(a, b) of coordinates must not read
+    back as a reduction prefix."""
+    return f"({body})" if reduction_prefix().match(body) else body
+
+
 def format_einsum(einsum: Einsum) -> str:
     """One Einsum as text; a running update is preceded by its initial-value line."""
     lines = []
     if einsum.init is not None:
         var = einsum.iterative_index
-        zero_indices = [
-            "0" if iteration_successor(i) == var else format_index(i) for i in einsum.indices
-        ]
-        lines.append(f"{einsum.tensor}[{','.join(zero_indices)}] = {format_expr(einsum.init)}")
+        zero = ["0" if iteration_successor(i) == var else format_index(i) for i in einsum.indices]
+        lines.append(f"{einsum.tensor}[{','.join(zero)}] = {_guarded(format_expr(einsum.init))}")
     body = format_expr(einsum.expr)
     if einsum.reduce is not None and einsum.reduce is not ReduceOp.SUM:
         body = f"{einsum.reduce.value}({', '.join(sorted(einsum.reduced))}) {body}"
-    elif reduction_prefix().match(body):
-        # A leading map max(a, b) must not read back as a reduction prefix.
-        body = f"({body})"
+    else:
+        body = _guarded(body)
     if einsum.filter is not None:
         body += f" where {format_expr(einsum.filter.predicate)}"
         if einsum.filter.fill is not None:

@@ -148,7 +148,9 @@ class _Run:
         self.tensors[einsum.tensor] = np.full(shape, np.nan, dtype=self.dtype)
         if einsum.init is not None:
             zero = tuple(sympy.Integer(0) if iteration_successor(i) else i for i in einsum.indices)
-            start = replace(einsum, indices=zero, expr=einsum.init, init=None, reduce=None)
+            start = replace(
+                einsum, indices=zero, expr=einsum.init, init=None, reduce=None, filter=None
+            )
             self.write(start, {})
 
     def write(self, einsum: Einsum, fixed: dict[str, int]) -> None:
