@@ -1,0 +1,1 @@
+"""Execution of cascades: `numpy` holds the reference interpreter and its operator table."""
