@@ -244,16 +244,20 @@ class _EinsumEvaluation:
         return np.where(survivors, result, fill)
 
     def contract(self, fields: list[Field]) -> np.ndarray:
-        """Sum over the reduced axes of the product of `fields`, by `np.einsum`."""
+        """Sum over the reduced axes of the product of `fields`, by `np.einsum`, over the
+        left-side axes (constant along those no factor spans)."""
         letters = dict(zip(self.layout, string.ascii_letters, strict=False))
         operands, subscripts = [], []
         for field in fields:
             dims = tuple(k for k, v in enumerate(self.layout) if v not in field.axes)
             operands.append(np.squeeze(field.array, axis=dims))
             subscripts.append("".join(letters[v] for v in self.layout if v in field.axes))
-        lhs = "".join(letters[v] for v in self.layout if v not in self.einsum.reduced)
-        result = np.einsum(f"{','.join(subscripts)}->{lhs}", *operands, optimize=True)
-        return np.broadcast_to(result, tuple(self.shape[: len(lhs)]))
+        lhs = [v for v in self.layout if v not in self.einsum.reduced]
+        spanned = frozenset().union(*(f.axes for f in fields))
+        kept = "".join(letters[v] for v in lhs if v in spanned)
+        result = np.einsum(f"{','.join(subscripts)}->{kept}", *operands, optimize=True)
+        shape = tuple(self.shape[k] if v in spanned else 1 for k, v in enumerate(lhs))
+        return np.broadcast_to(result.reshape(shape), tuple(self.shape[: len(lhs)]))
 
     def domain(self) -> Field | None:
         """Points inside every partitioned rank: m1*M0 + m0 < M wherever m1 and m0 both vary."""
