@@ -38,7 +38,7 @@ from attncc.ir import (
     TensorDecl,
     index_name,
     index_symbol,
-    index_vars,
+    index_value,
     size_symbol,
     verify,
 )
@@ -78,7 +78,7 @@ class Index:
         return Index(-self.expr)
 
     def value(self) -> Value:
-        return Value(index_to_value(self.expr))
+        return Value(index_value(self.expr))
 
     def __lt__(self, other: object) -> Value:
         return self.value() < other
@@ -107,34 +107,6 @@ def _index(value: object) -> sympy.Expr:
     if isinstance(value, int):
         return sympy.Integer(value)
     raise TypeError(f"an index expression takes index handles and integers, not {value!r}")
-
-
-def index_to_value(expr: sympy.Expr) -> Expr:
-    """An integer index expression as a value expression of coordinates and sizes."""
-    if isinstance(expr, sympy.Integer):
-        return Const(float(expr))
-    if isinstance(expr, sympy.Symbol):
-        return Coord(expr.name) if expr.name[:1].islower() else Size(expr.name)
-    if isinstance(expr, sympy.floor):
-        numerator, denominator = sympy.fraction(expr.args[0])
-        return Call("floordiv", (index_to_value(numerator), index_to_value(denominator)))
-    if isinstance(expr, sympy.Mod):
-        return Call("mod", tuple(index_to_value(a) for a in expr.args))
-    if isinstance(expr, sympy.Add | sympy.Mul):
-        if isinstance(expr, sympy.Add):
-            op, parts = "add", expr.as_ordered_terms()
-        else:
-            # Numbers, then index variables, then sizes: `2*m1*M0` as in index text.
-            op, parts = "mul", sorted(expr.args, key=_factor_order)
-        result = index_to_value(parts[0])
-        for part in parts[1:]:
-            result = Call(op, (result, index_to_value(part)))
-        return result
-    raise TypeError(f"cannot use index expression {expr} as a value")
-
-
-def _factor_order(factor: sympy.Expr) -> tuple[int, str]:
-    return (0 if factor.is_number else 1 if index_vars(factor) else 2, str(factor))
 
 
 class Value:

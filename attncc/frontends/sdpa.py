@@ -28,9 +28,9 @@ from attncc.ir import (
     Einsum,
     Expr,
     Size,
+    as_index,
     index_symbol,
     product_factors,
-    size_symbol,
     walk,
 )
 
@@ -107,28 +107,12 @@ def _is_causal(cascade: Cascade, scores: Einsum, key_rank: str, query_rank: str)
     predicate, fill = scores.filter.predicate, scores.filter.fill
     if not (isinstance(predicate, Call) and predicate.op == "le") or fill != -math.inf:
         return None
-    key, query = (_as_index(a) for a in predicate.args)
+    key, query = (as_index(a) for a in predicate.args)
     keys = [index_symbol(key_rank.lower())]
     keys += [p.recombined() for p in cascade.partitions if p.rank == key_rank]
     if key is None or query != index_symbol(query_rank.lower()):
         return None
     return any(sympy.expand(key - k) == 0 for k in keys)
-
-
-def _as_index(expr: Expr) -> sympy.Expr | None:
-    """A value expression of coordinates and sizes as an index expression (None otherwise)."""
-    if isinstance(expr, Coord):
-        return index_symbol(expr.name)
-    if isinstance(expr, Size):
-        return size_symbol(expr.rank)
-    if isinstance(expr, Const) and expr.value.is_integer():
-        return sympy.Integer(int(expr.value))
-    if isinstance(expr, Call) and expr.op in ("add", "mul"):
-        a, b = (_as_index(x) for x in expr.args)
-        if a is None or b is None:
-            return None
-        return a + b if expr.op == "add" else a * b
-    return None
 
 
 def sdpa_reference(

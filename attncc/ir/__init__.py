@@ -15,8 +15,12 @@ from attncc.ir.expr import (
     Expr,
     OpInfo,
     Size,
+    as_index,
+    index_value,
     indices_used,
     product_factors,
+    replace_accesses,
+    substitute,
     walk,
 )
 from attncc.ir.graph import Step, dependency_graph, execution_order
@@ -54,6 +58,7 @@ __all__ = [
     "Size",
     "Step",
     "TensorDecl",
+    "as_index",
     "bind_sizes",
     "dependency_graph",
     "diagnose",
@@ -65,6 +70,7 @@ __all__ = [
     "format_index",
     "index_name",
     "index_symbol",
+    "index_value",
     "index_vars",
     "indices_used",
     "is_quasi_affine",
@@ -73,7 +79,9 @@ __all__ = [
     "parse_file",
     "print_cascade",
     "product_factors",
+    "replace_accesses",
     "size_symbol",
+    "substitute",
     "verify",
     "walk",
 ]

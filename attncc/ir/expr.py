@@ -9,10 +9,12 @@ computes is defined by each backend's table keyed by operator name.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from attncc.ir.indexing import IndexExpr, index_vars, size_names
+import sympy
+
+from attncc.ir.indexing import IndexExpr, index_symbol, index_vars, size_names, size_symbol
 
 
 @dataclass(frozen=True)
@@ -162,3 +164,70 @@ def product_factors(expr: Expr) -> list[Expr]:
     if isinstance(expr, Call) and expr.op == "mul":
         return [f for arg in expr.args for f in product_factors(arg)]
     return [expr]
+
+
+def index_value(expr: sympy.Expr) -> Expr:
+    """An integer index expression as a value expression of coordinates and sizes."""
+    if isinstance(expr, sympy.Integer):
+        return Const(float(expr))
+    if isinstance(expr, sympy.Symbol):
+        return Coord(expr.name) if expr.name[:1].islower() else Size(expr.name)
+    if isinstance(expr, sympy.floor):
+        numerator, denominator = sympy.fraction(expr.args[0])
+        return Call("floordiv", (index_value(numerator), index_value(denominator)))
+    if isinstance(expr, sympy.Mod):
+        return Call("mod", tuple(index_value(a) for a in expr.args))
+    if isinstance(expr, sympy.Add | sympy.Mul):
+        if isinstance(expr, sympy.Add):
+            op, parts = "add", expr.as_ordered_terms()
+        else:
+            # Numbers, then index variables, then sizes: `2*m1*M0` as in index text.
+            op, parts = "mul", sorted(expr.args, key=_factor_order)
+        result = index_value(parts[0])
+        for part in parts[1:]:
+            result = Call(op, (result, index_value(part)))
+        return result
+    raise TypeError(f"cannot use index expression {expr} as a value")
+
+
+def _factor_order(factor: sympy.Expr) -> tuple[int, str]:
+    return (0 if factor.is_number else 1 if index_vars(factor) else 2, str(factor))
+
+
+def as_index(expr: Expr) -> sympy.Expr | None:
+    """A value expression of coordinates, sizes, integers, + and * as an index expression;
+    None when it is anything else (the inverse of `index_value`)."""
+    if isinstance(expr, Coord):
+        return index_symbol(expr.name)
+    if isinstance(expr, Size):
+        return size_symbol(expr.rank)
+    if isinstance(expr, Const) and expr.value.is_integer():
+        return sympy.Integer(int(expr.value))
+    if isinstance(expr, Call) and expr.op in ("add", "sub", "mul"):
+        a, b = (as_index(x) for x in expr.args)
+        if a is None or b is None:
+            return None
+        return {"add": a + b, "sub": a - b, "mul": a * b}[expr.op]
+    return None
+
+
+def substitute(expr: Expr, mapping: Mapping[str, IndexExpr]) -> Expr:
+    """`expr` with index variables replaced by index expressions, in access indices and in
+    coordinates (`m` -> `m1*M0 + m0`)."""
+    symbols = {index_symbol(name): value for name, value in mapping.items()}
+    if isinstance(expr, Access):
+        return Access(expr.tensor, tuple(i.xreplace(symbols) for i in expr.indices))
+    if isinstance(expr, Coord) and expr.name in mapping:
+        return index_value(sympy.sympify(mapping[expr.name]))
+    if isinstance(expr, Call):
+        return Call(expr.op, tuple(substitute(a, mapping) for a in expr.args))
+    return expr
+
+
+def replace_accesses(expr: Expr, replacement: Callable[[Access], Expr]) -> Expr:
+    """`expr` with every access replaced by `replacement(access)`."""
+    if isinstance(expr, Access):
+        return replacement(expr)
+    if isinstance(expr, Call):
+        return Call(expr.op, tuple(replace_accesses(a, replacement) for a in expr.args))
+    return expr
