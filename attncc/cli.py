@@ -21,11 +21,13 @@ from attncc.analysis.dot import to_dot, write_dot
 from attncc.analysis.report import analyze, format_report, max_passes, report_json
 from attncc.backends.numpy.reference import interpret
 from attncc.config import config
+from attncc.differential import check_equivalent
 from attncc.errors import AttnccError, VerifyError
 from attncc.frontends.library import attention_1pass
 from attncc.frontends.loader import load
 from attncc.frontends.sdpa import match_sdpa, sdpa_reference
 from attncc.ir import Cascade, DType, bind_sizes, parse, print_cascade
+from attncc.passes import PIPELINES, PassManager, parse_pipeline
 
 _FLOATS = {DType.F16, DType.BF16, DType.F32, DType.F64}
 
@@ -165,6 +167,31 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _opt(args: argparse.Namespace) -> int:
+    cascade = load(args.source, parse_options(args.option))
+    after = frozenset(["*"] if args.print_ir_after_all else args.print_ir_after or [])
+
+    def show(name: str, current: Cascade) -> None:
+        print(f"// IR after {name}\n{print_cascade(current)}", file=sys.stderr)
+
+    manager = PassManager(parse_pipeline(args.passes), after, show)
+    result, records = manager.run(cascade)
+    for record in records:
+        state = "changed" if record.changed else "unchanged"
+        print(f"{record.name}: {state} ({record.seconds * 1e3:.1f} ms)", file=sys.stderr)
+        for remark in record.remarks:
+            print(f"  {remark}", file=sys.stderr)
+    if args.check:
+        check_equivalent(cascade, result)
+        print("differential check: outputs agree on random inputs", file=sys.stderr)
+    text = print_cascade(result)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     cascade = attention_1pass(head_dim=64, value_dim=64, tile=64, causal=True)
     print("The FuseMax 1-pass attention cascade (causal, tiles of 64 keys), as attncc states it:\n")
@@ -208,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze_command.add_argument("--json", action="store_true", help="JSON for scripts")
     analyze_command.add_argument("--dot", help="write the graph (.dot, or .svg/.png via Graphviz)")
     analyze_command.set_defaults(handler=_analyze)
+    opt = source_command("opt", "rewrite a cascade with a pipeline of passes")
+    pipelines = ", ".join(f"{k} = {v}" for k, v in PIPELINES.items())
+    opt.add_argument(
+        "--passes", required=True, help=f"e.g. partition(rank=M,tile=128),dce; {pipelines}"
+    )
+    opt.add_argument("--print-ir-after-all", action="store_true", help="IR after every pass")
+    opt.add_argument("--print-ir-after", action="append", help="IR after this pass")
+    opt.add_argument("--check", action="store_true", help="compare with the input by running")
+    opt.add_argument("-o", "--output", help="write the result here instead of stdout")
+    opt.set_defaults(handler=_opt)
     commands.add_parser("demo", help="the built-in end-to-end example").set_defaults(handler=_demo)
     return parser
 

@@ -36,6 +36,7 @@ from attncc.ir.indexing import (
 )
 from attncc.ir.parser import parse, parse_file
 from attncc.ir.printer import format_einsum, format_expr, print_cascade
+from attncc.ir.rename import canonical, rename_tensors
 from attncc.ir.sizes import bind_sizes
 from attncc.ir.verifier import diagnose, verify
 
@@ -60,6 +61,7 @@ __all__ = [
     "TensorDecl",
     "as_index",
     "bind_sizes",
+    "canonical",
     "dependency_graph",
     "diagnose",
     "evaluate_index",
@@ -79,6 +81,7 @@ __all__ = [
     "parse_file",
     "print_cascade",
     "product_factors",
+    "rename_tensors",
     "replace_accesses",
     "size_symbol",
     "substitute",

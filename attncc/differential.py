@@ -1,0 +1,102 @@
+"""Differential execution: a rewritten cascade must compute what the original computes.
+
+Both run in the reference interpreter, in float64, on the same random inputs and at random
+sizes (a tiled rank gets sizes that span several tiles and end in a partial one); outputs
+must agree to a tight tolerance, NaN where NaN. This is how every pass is checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from attncc.backends.numpy.reference import interpret
+from attncc.errors import AttnccError
+from attncc.ir import Cascade, DType, bind_sizes
+
+_FLOATS = {DType.F16, DType.BF16, DType.F32, DType.F64}
+
+
+class DifferentialError(AttnccError):
+    """Two cascades that should agree do not."""
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    output: str
+    sizes: Mapping[str, int]
+    seed: int
+    max_error: float
+
+    def __str__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        return f"{self.output} differs by up to {self.max_error:.3g} at {sizes} (seed {self.seed})"
+
+
+def random_sizes(before: Cascade, after: Cascade, rng: np.random.Generator) -> dict[str, int]:
+    """A size for every free rank of `before`; ranks tiled in either cascade span a few tiles
+    and usually end in a partial one."""
+    tiles: dict[str, int] = {}
+    for cascade in (before, after):
+        for part in cascade.partitions:
+            inner = cascade.rank(part.inner)
+            if inner is not None and inner.size.is_Integer:
+                tiles[part.rank] = int(inner.size)
+    sizes = {}
+    for rank in before.ranks:
+        if rank.size.is_Symbol and rank.size.name == rank.name:
+            limit = 3 * tiles[rank.name] + 3 if rank.name in tiles else 6
+            sizes[rank.name] = int(rng.integers(1, limit + 1))
+    return sizes
+
+
+def random_inputs(
+    cascade: Cascade, sizes: Mapping[str, int], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Standard-normal floating-point inputs; integer inputs drawn from 0..3."""
+    bound = bind_sizes(cascade, sizes)
+    inputs: dict[str, np.ndarray] = {}
+    for decl in cascade.inputs:
+        shape = tuple(bound[r] for r in decl.ranks)
+        if decl.dtype in _FLOATS:
+            inputs[decl.name] = rng.standard_normal(shape)
+        else:
+            inputs[decl.name] = rng.integers(0, 4, size=shape)
+    return inputs
+
+
+def mismatches(
+    before: Cascade, after: Cascade, *, trials: int = 3, seed: int = 0, rtol: float = 1e-9
+) -> list[Mismatch]:
+    """Where `after` disagrees with `before` on random inputs (empty when it never does)."""
+    if before.input_names() != after.input_names():
+        raise DifferentialError(
+            f"inputs differ: {', '.join(before.input_names())} before, "
+            f"{', '.join(after.input_names())} after"
+        )
+    found = []
+    for trial in range(trials):
+        rng = np.random.default_rng([seed, trial])
+        sizes = random_sizes(before, after, rng)
+        inputs = random_inputs(before, sizes, rng)
+        expected = interpret(before, inputs, sizes)
+        actual = interpret(after, inputs, sizes)
+        for name, want in expected.items():
+            got = actual[name]
+            same_nan = np.array_equal(np.isnan(want), np.isnan(got))
+            close = np.isclose(got, want, rtol=rtol, atol=rtol, equal_nan=True)
+            if not (same_nan and close.all()):
+                finite = np.isfinite(want) & np.isfinite(got)
+                error = float(np.abs(got - want)[finite].max()) if finite.any() else float("nan")
+                found.append(Mismatch(name, sizes, seed, error))
+    return found
+
+
+def check_equivalent(before: Cascade, after: Cascade, *, trials: int = 3, seed: int = 0) -> None:
+    """Raise `DifferentialError` when `after` does not compute what `before` computes."""
+    found = mismatches(before, after, trials=trials, seed=seed)
+    if found:
+        lines = "\n".join(f"  {m}" for m in found)
+        raise DifferentialError(f"{after.name} does not compute what {before.name} does:\n{lines}")

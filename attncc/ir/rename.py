@@ -1,0 +1,45 @@
+"""Renaming tensors, and the canonical form used to compare cascades up to renaming."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from attncc.ir.cascade import Cascade
+from attncc.ir.einsum import Einsum
+from attncc.ir.expr import Access, Expr, replace_accesses
+
+
+def rename_tensors(cascade: Cascade, names: Mapping[str, str]) -> Cascade:
+    """`cascade` with tensors renamed by `names` (the others keep their names)."""
+
+    def access(a: Access) -> Expr:
+        return Access(names.get(a.tensor, a.tensor), a.indices)
+
+    def einsum(e: Einsum) -> Einsum:
+        filter_ = e.filter and replace(
+            e.filter, predicate=replace_accesses(e.filter.predicate, access)
+        )
+        return replace(
+            e,
+            tensor=names.get(e.tensor, e.tensor),
+            expr=replace_accesses(e.expr, access),
+            filter=filter_,
+            init=None if e.init is None else replace_accesses(e.init, access),
+        )
+
+    return replace(
+        cascade,
+        inputs=tuple(replace(d, name=names.get(d.name, d.name)) for d in cascade.inputs),
+        outputs=tuple(replace(d, name=names.get(d.name, d.name)) for d in cascade.outputs),
+        einsums=tuple(einsum(e) for e in cascade.einsums),
+    )
+
+
+def canonical(cascade: Cascade) -> Cascade:
+    """Temporaries renamed T0, T1, ... in the order they are written, and the cascade named
+    `cascade`: two cascades that differ only in those names have equal canonical forms."""
+    outputs = set(cascade.output_names())
+    temporaries = [e.tensor for e in cascade.einsums if e.tensor not in outputs]
+    names = {name: f"T{k}" for k, name in enumerate(temporaries)}
+    return replace(rename_tensors(cascade, names), name="cascade")

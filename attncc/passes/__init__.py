@@ -1,0 +1,24 @@
+"""Rewrites Cascade -> Cascade, registered by name and composed from pipeline strings.
+
+Importing this package registers every pass (each module registers its own).
+"""
+
+from attncc.passes import dce, defer_div, partition, running_reduce
+from attncc.passes.base import CascadePass, PassResult
+from attncc.passes.manager import PassManager, PassRecord, run_pipeline
+from attncc.passes.registry import PASSES, PIPELINES, parse_pipeline
+
+__all__ = [
+    "PASSES",
+    "PIPELINES",
+    "CascadePass",
+    "PassManager",
+    "PassRecord",
+    "PassResult",
+    "dce",
+    "defer_div",
+    "parse_pipeline",
+    "partition",
+    "run_pipeline",
+    "running_reduce",
+]
