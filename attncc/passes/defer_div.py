@@ -37,13 +37,14 @@ class DeferDivision(CascadePass):
 
     def apply(self, cascade: Cascade) -> PassResult:
         remarks: list[str] = []
+        original = cascade
         while True:
             rewritten = _defer_one(cascade, remarks)
             if rewritten is None:
                 break
             cascade = rewritten
-        if not remarks and not any(_is_sum(e) for e in cascade.einsums):
-            remarks.append("no sum of products to defer a division past")
+        if not remarks and cascade == original:
+            remarks.append("no sum of products reads a quotient (A = N / D)")
         return PassResult(cascade, tuple(dict.fromkeys(remarks)))
 
 
