@@ -13,6 +13,7 @@ from attncc.errors import PassError
 from attncc.frontends.library import attention_1pass, attention_2pass, attention_3pass
 from attncc.ir import canonical, parse, print_cascade
 from attncc.passes import parse_pipeline, run_pipeline
+from attncc.passes.fuse import fusion_groups
 
 VARIANTS = [
     {},
@@ -114,7 +115,7 @@ AV[f,p] = AV1[f,p] - 0.5 * AV2[f,p]
 )
 def test_flash_takes_other_softmax_cascades_to_one_pass(text: str, rank: str, before: int) -> None:
     cascade = parse(text)
-    derived, records = run_pipeline(cascade, "partition(tile=8),running-reduce,defer-div,flash")
+    derived, records = run_pipeline(cascade, "partition(tile=8),flash")
 
     assert passes_over(cascade, rank) == before
     assert passes_over(derived, f"{rank}1") == 1
@@ -189,3 +190,26 @@ def test_running_reduce_refuses_an_exp_read_outside_a_sum() -> None:
 def test_bad_pipelines_are_reported(pipeline: str, message: str) -> None:
     with pytest.raises(PassError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_pipeline(attention_3pass(), pipeline)
+
+
+def test_fusion_groups_of_the_1pass_cascade() -> None:
+    groups = fusion_groups(attention_1pass())
+
+    assert [g.einsums for g in groups] == [
+        ("BK", "BV", "BQK", "LM"),
+        ("RM", "PRM"),
+        ("SLN", "SLD", "SLNV"),
+        ("SPD", "RD", "SPNV", "RNV"),
+        ("AV",),
+    ]
+    assert groups[2].placements == ("M1 pass 1", "M0 pass 2")
+    assert groups[-1].placements[0] == "M1 after pass 1"
+
+
+def test_fuse_orders_einsums_by_group_and_keeps_the_semantics() -> None:
+    cascade = attention_1pass(causal=True, tile=8)
+    fused, records = run_pipeline(cascade, "fuse")
+
+    assert [e.tensor for e in fused.einsums][:6] == ["BK", "BV", "BQK", "LM", "RM", "PRM"]
+    assert records[0].remarks[0].startswith("group 1: [BK, BV, BQK, LM]")
+    check_equivalent(cascade, fused)

@@ -3,7 +3,7 @@
 Importing this package registers every pass (each module registers its own).
 """
 
-from attncc.passes import dce, defer_div, partition, running_reduce
+from attncc.passes import dce, defer_div, fuse, partition, running_reduce
 from attncc.passes.base import CascadePass, PassResult
 from attncc.passes.manager import PassManager, PassRecord, run_pipeline
 from attncc.passes.registry import PASSES, PIPELINES, parse_pipeline
@@ -17,6 +17,7 @@ __all__ = [
     "PassResult",
     "dce",
     "defer_div",
+    "fuse",
     "parse_pipeline",
     "partition",
     "run_pipeline",
