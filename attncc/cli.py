@@ -23,15 +23,13 @@ from attncc.analysis.passes import count_passes
 from attncc.analysis.report import analyze, format_report, max_passes, report_json
 from attncc.backends.numpy.reference import interpret
 from attncc.config import config
-from attncc.differential import check_equivalent
+from attncc.differential import check_equivalent, random_inputs
 from attncc.errors import AttnccError, VerifyError
 from attncc.frontends.library import attention_3pass
 from attncc.frontends.loader import load
 from attncc.frontends.sdpa import match_sdpa, sdpa_reference
-from attncc.ir import Cascade, DType, bind_sizes, parse, print_cascade
+from attncc.ir import Cascade, bind_sizes, parse, print_cascade
 from attncc.passes import PIPELINES, PassManager, parse_pipeline, run_pipeline
-
-_FLOATS = {DType.F16, DType.BF16, DType.F32, DType.F64}
 
 
 def _option_value(text: str) -> object:
@@ -73,21 +71,6 @@ def parse_shapes(text: str | None) -> dict[str, int]:
     return sizes
 
 
-def random_inputs(
-    cascade: Cascade, sizes: Mapping[str, int], seed: int, dtype: np.dtype
-) -> dict[str, np.ndarray]:
-    """Standard-normal floating-point inputs; integer inputs (ids) drawn from 0..3."""
-    rng = np.random.default_rng(seed)
-    inputs = {}
-    for decl in cascade.inputs:
-        shape = tuple(sizes[r] for r in decl.ranks)
-        if decl.dtype in _FLOATS:
-            inputs[decl.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            inputs[decl.name] = rng.integers(0, 4, size=shape)
-    return inputs
-
-
 def _statistics(name: str, array: np.ndarray) -> str:
     finite = array[np.isfinite(array)]
     bad = array.size - finite.size
@@ -104,7 +87,7 @@ def run_and_report(cascade: Cascade, sizes: Mapping[str, int], seed: int, dtype:
     against PyTorch's scaled_dot_product_attention. Returns that relative error (or NaN)."""
     bound = bind_sizes(cascade, sizes)
     numpy_dtype = np.dtype(np.float64 if dtype == "f64" else np.float32)
-    inputs = random_inputs(cascade, bound, seed, numpy_dtype)
+    inputs = random_inputs(cascade, bound, np.random.default_rng(seed), numpy_dtype)
     outputs = interpret(cascade, inputs, bound)
     print(f"{cascade.name}: {', '.join(f'{k}={v}' for k, v in bound.items())}, {dtype}")
     for name, array in outputs.items():

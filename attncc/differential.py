@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from attncc.backends.numpy.reference import interpret
 from attncc.errors import AttnccError
@@ -53,15 +54,18 @@ def random_sizes(before: Cascade, after: Cascade, rng: np.random.Generator) -> d
 
 
 def random_inputs(
-    cascade: Cascade, sizes: Mapping[str, int], rng: np.random.Generator
+    cascade: Cascade,
+    sizes: Mapping[str, int],
+    rng: np.random.Generator,
+    dtype: npt.DTypeLike = np.float64,
 ) -> dict[str, np.ndarray]:
-    """Standard-normal floating-point inputs; integer inputs drawn from 0..3."""
+    """Standard-normal floating-point inputs of `dtype`; integer inputs (ids) drawn from 0..3."""
     bound = bind_sizes(cascade, sizes)
     inputs: dict[str, np.ndarray] = {}
     for decl in cascade.inputs:
         shape = tuple(bound[r] for r in decl.ranks)
         if decl.dtype in _FLOATS:
-            inputs[decl.name] = rng.standard_normal(shape)
+            inputs[decl.name] = rng.standard_normal(shape).astype(dtype)
         else:
             inputs[decl.name] = rng.integers(0, 4, size=shape)
     return inputs
