@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 import sympy
 
-from attncc.analysis.cost import cascade_cost, evaluate
+from attncc.analysis.cost import OP_KINDS, cascade_cost, evaluate
 from attncc.analysis.dot import to_dot, write_dot
 from attncc.analysis.footprint import LiveKind, footprint
 from attncc.analysis.passes import analyze_passes
 from attncc.analysis.report import analyze, format_report, report_json
+from attncc.backends.numpy.ops import MAP_OPS
 from attncc.cli import main
 from attncc.errors import AnalysisError
 from attncc.frontends.library import attention_1pass, attention_2pass, attention_3pass
-from attncc.ir import size_symbol
+from attncc.ir import OPS, size_symbol
 
 M, P, F, E = (size_symbol(n) for n in "MPFE")
 
@@ -143,3 +144,8 @@ def test_readme_shows_the_real_analyze_output() -> None:
     shown = readme.split(command, 1)[1].split("```", 1)[0]
 
     assert shown == format_report(analyze(attention_3pass()))
+
+
+def test_every_operator_has_a_cost_kind_and_a_numpy_meaning() -> None:
+    assert set(OP_KINDS) == set(OPS)
+    assert set(MAP_OPS) == set(OPS)
