@@ -180,7 +180,8 @@ def attention_1pass(
 ) -> Cascade:
     """FuseMax Cascade 5 (FlashAttention-2's cascade): M split into M1 tiles of M0 keys, a
     running max RM, and a running denominator RD and numerator RNV rescaled by PRM when the
-    max grows. The last tile may be partial (M need not be a multiple of the tile)."""
+    max grows. The last tile may be partial (M need not be a multiple of the tile). Unlike the
+    paper's cascade, SLN and PRM are guarded for tiles before the first visible key."""
     a = _attention(
         "attention_1pass",
         head_dim=head_dim,
@@ -200,10 +201,14 @@ def attention_1pass(
     LM = b.let("LM", [*h, m1, p], BQK[(*h, m1, m0, p)], reduce="max")
     RM, RD, RNV = TensorRef("RM"), TensorRef("RD"), TensorRef("RNV")
     b.let("RM", [*h, m1 + 1, p], maximum(RM[(*h, m1, p)], LM[(*h, m1, p)]), init=-math.inf)
-    SLN = b.let("SLN", [*h, m1, m0, p], exp(BQK[(*h, m1, m0, p)] - RM[(*h, m1 + 1, p)]))
+    # While every key so far is masked RM is -inf, and exp(-inf - -inf) would be NaN: the
+    # guards keep SLN at 0 and PRM at 1 until a key is visible (a no-op without masks).
+    current = RM[(*h, m1 + 1, p)]
+    empty = current == -math.inf
+    SLN = b.let("SLN", [*h, m1, m0, p], select(empty, 0.0, exp(BQK[(*h, m1, m0, p)] - current)))
     SLD = b.let("SLD", [*h, m1, p], SLN[(*h, m1, m0, p)])
     SLNV = b.let("SLNV", [*h, f, m1, p], SLN[(*h, m1, m0, p)] * BV[(*hk, f, m1, m0)])
-    PRM = b.let("PRM", [*h, m1, p], exp(RM[(*h, m1, p)] - RM[(*h, m1 + 1, p)]))
+    PRM = b.let("PRM", [*h, m1, p], select(empty, 1.0, exp(RM[(*h, m1, p)] - current)))
     SPD = b.let("SPD", [*h, m1, p], RD[(*h, m1, p)] * PRM[(*h, m1, p)])
     b.let("RD", [*h, m1 + 1, p], SLD[(*h, m1, p)] + SPD[(*h, m1, p)], init=0.0)
     SPNV = b.let("SPNV", [*h, f, m1, p], RNV[(*h, f, m1, p)] * PRM[(*h, m1, p)])

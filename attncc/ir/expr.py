@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import sympy
 
-from attncc.ir.indexing import IndexExpr, index_symbol, index_vars, size_names, size_symbol
+from attncc.ir.indexing import (
+    IndexExpr,
+    division_operands,
+    index_symbol,
+    index_vars,
+    size_names,
+    size_symbol,
+)
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,7 @@ def index_value(expr: sympy.Expr) -> Expr:
     if isinstance(expr, sympy.Symbol):
         return Coord(expr.name) if expr.name[:1].islower() else Size(expr.name)
     if isinstance(expr, sympy.floor):
-        numerator, denominator = sympy.fraction(expr.args[0])
+        numerator, denominator = division_operands(expr)
         return Call("floordiv", (index_value(numerator), index_value(denominator)))
     if isinstance(expr, sympy.Mod):
         return Call("mod", tuple(index_value(a) for a in expr.args))

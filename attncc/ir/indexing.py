@@ -57,7 +57,7 @@ def floordiv(numerator: sympy.Expr, denominator: sympy.Expr) -> sympy.Expr:
 def is_quasi_affine(expr: sympy.Expr) -> bool:
     """True when `expr` is affine in index variables apart from floor/mod by index-free values."""
     if isinstance(expr, sympy.floor | sympy.Mod):
-        numerator, denominator = _division_operands(expr)
+        numerator, denominator = division_operands(expr)
         return not index_vars(denominator) and is_quasi_affine(numerator)
     if not index_vars(expr):
         return True
@@ -71,24 +71,25 @@ def is_quasi_affine(expr: sympy.Expr) -> bool:
     return False
 
 
-def _division_operands(expr: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]:
-    """(a, b) of `floor(a/b)` or `Mod(a, b)`."""
+def division_operands(expr: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]:
+    """(a, b) of `floor(a/b)`, `ceiling(a/b)` or `Mod(a, b)`. sympy keeps (n1*N0 + n0)/2 as
+    n1*N0/2 + n0/2; `together` puts it back over one denominator."""
     if isinstance(expr, sympy.Mod):
         return expr.args[0], expr.args[1]
-    numerator, denominator = sympy.fraction(expr.args[0])
+    numerator, denominator = sympy.fraction(sympy.together(expr.args[0]))
     return numerator, denominator
 
 
 def format_index(expr: sympy.Expr) -> str:
     """Text form of an index or size expression; `parse_index` reads it back to an equal expr."""
     if isinstance(expr, sympy.floor):
-        a, b = _division_operands(expr)
+        a, b = division_operands(expr)
         return f"{_format_operand(a)}//{_format_operand(b)}"
     if isinstance(expr, sympy.Mod):
         a, b = expr.args
         return f"{_format_operand(a)}%{_format_operand(b)}"
     if isinstance(expr, sympy.ceiling):
-        a, b = sympy.fraction(expr.args[0])
+        a, b = division_operands(expr)
         return f"ceil({format_index(a)}/{format_index(b)})"
     if isinstance(expr, sympy.Add):
         terms = sorted(expr.args, key=_term_order)
@@ -137,10 +138,10 @@ def evaluate_index(expr: sympy.Expr, values: Mapping[str, np.ndarray | int]) -> 
     if isinstance(expr, sympy.Symbol):
         return values[expr.name]
     if isinstance(expr, sympy.floor | sympy.Mod):
-        a, b = (evaluate_index(e, values) for e in _division_operands(expr))
+        a, b = (evaluate_index(e, values) for e in division_operands(expr))
         return np.floor_divide(a, b) if isinstance(expr, sympy.floor) else np.mod(a, b)
     if isinstance(expr, sympy.ceiling):
-        a, b = (evaluate_index(e, values) for e in sympy.fraction(expr.args[0]))
+        a, b = (evaluate_index(e, values) for e in division_operands(expr))
         return -np.floor_divide(-np.asarray(a), b)
     if isinstance(expr, sympy.Add):
         return sum((evaluate_index(term, values) for term in expr.args), start=0)

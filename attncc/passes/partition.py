@@ -162,7 +162,10 @@ class _Tiling:
         filter_ = einsum.filter
         if filter_ is not None:
             filter_ = replace(filter_, predicate=rewrite(filter_.predicate))
-        return replace(einsum, indices=indices, expr=rewrite(einsum.expr), filter=filter_)
+        init = None if einsum.init is None else rewrite(einsum.init)
+        return replace(
+            einsum, indices=indices, expr=rewrite(einsum.expr), filter=filter_, init=init
+        )
 
     def _access(self, access: Access, split: tuple[sympy.Expr, sympy.Expr]) -> Expr:
         if access.tensor not in self.retiled:

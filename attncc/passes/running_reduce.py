@@ -4,12 +4,15 @@ whenever the max grows, so that the cascade needs one traversal of the tiles.
 
     GM[p] = max(m0, m1) S[m1,m0,p]          LM[m1,p] = max(m0) S[m1,m0,p]
                                             RM[m1+1,p] = max(RM[m1,p], LM[m1,p])
-    SN[m1,m0,p] = exp(S - GM[p])       ->   SN[m1,m0,p] = exp(S - RM[m1+1,p])
+    SN[m1,m0,p] = exp(S - GM[p])       ->   SN[m1,m0,p] = exp(S - RM[m1+1,p])     (*)
     SD[p] = SN[m1,m0,p]                     SLD[m1,p] = SN[m1,m0,p]           (sum over m0)
                                             PRM[m1,p] = exp(RM[m1,p] - RM[m1+1,p])
                                             SPD[m1,p] = RD[m1,p] * PRM[m1,p]
                                             RD[m1+1,p] = SLD[m1,p] + SPD[m1,p]
     readers of SD[p]                   ->   read RD[M1,p]; readers of GM read RM[M1,p]
+
+(*) SN and PRM are guarded: while RM is still -inf (a masked first tile), SN is 0 and PRM 1
+rather than exp(-inf - -inf) = NaN.
 
 Correct because exp(s - max_new) = exp(s - max_old) * exp(max_old - max_new): a running sum of
 exp(s - RM) stays exact if it is multiplied by PRM each time RM grows. The pass applies when
@@ -156,6 +159,13 @@ def _exp_difference(a: Access, b: Access) -> Expr:
     return Call("exp", (Call("sub", (a, b)),))
 
 
+def _unless_empty(running: Access, value: Expr, otherwise: float) -> Expr:
+    """`value`, or `otherwise` while the running max is still -inf (every key so far masked):
+    exp(-inf - -inf) would be NaN and would poison the running sums for good."""
+    empty = Call("eq", (running, Const(-math.inf)))
+    return Call("select", (empty, Const(otherwise), value))
+
+
 def _rewrite(cascade: Cascade, maximum: Einsum, part: Partition) -> Cascade:
     """The cascade with `maximum` running over the outer rank of `part` (see module doc)."""
     taken = taken_names(cascade)
@@ -181,7 +191,9 @@ def _rewrite(cascade: Cascade, maximum: Einsum, part: Partition) -> Cascade:
             max_update = Call("max", (Access(running, at), Access(local, at)))
             einsums.append(Einsum(running, at_next, max_update, init=Const(-math.inf)))
         elif einsum.tensor in exps:
-            einsums.append(_map_reads(einsum, to_current))
+            exp = _map_reads(einsum, to_current)
+            guarded = _unless_empty(Access(running, at_next), exp.expr, 0.0)
+            einsums.append(replace(exp, expr=guarded))
         elif einsum in sums:
             where = _with_outer(einsum.indices, o)
             where_next = _with_outer(einsum.indices, o + 1)
@@ -195,7 +207,8 @@ def _rewrite(cascade: Cascade, maximum: Einsum, part: Partition) -> Cascade:
             updates.append(Einsum(total, where_next, step, init=Const(0.0)))
             finals[einsum.tensor] = total
             if einsum is sums[-1]:
-                prm = _exp_difference(Access(running, at), Access(running, at_next))
+                growth = _exp_difference(Access(running, at), Access(running, at_next))
+                prm = _unless_empty(Access(running, at_next), growth, 1.0)
                 einsums.append(Einsum(rescale, at, prm))
                 einsums += updates
         else:
@@ -206,15 +219,14 @@ def _rewrite(cascade: Cascade, maximum: Einsum, part: Partition) -> Cascade:
             return access
         return Access(finals[access.tensor], _with_outer(access.indices, last))
 
-    return replace(
-        cascade,
-        einsums=tuple(
-            e
-            if e.tensor in {u.tensor for u in updates} or e.tensor in (local, running)
-            else _map_reads(e, final)
-            for e in einsums
-        ),
-    )
+    # Whatever read the full max or a full sum now reads the running value after the last
+    # tile; a max or sum that is an output is still written, from that value, at the end.
+    einsums = [_map_reads(e, final) for e in einsums]
+    outputs = set(cascade.output_names())
+    for replaced in (maximum, *sums):
+        if replaced.tensor in outputs:
+            einsums.append(Einsum(replaced.tensor, replaced.indices, final(replaced.output)))
+    return replace(cascade, einsums=tuple(einsums))
 
 
 def _map_reads(einsum: Einsum, replacement: Callable[[Access], Expr]) -> Einsum:
