@@ -5,7 +5,7 @@ without touching its users.
 """
 
 from attncc.ir.cascade import Cascade, DType, Partition, Rank, Role, TensorDecl
-from attncc.ir.einsum import Einsum, Filter, ReduceOp, iteration_successor
+from attncc.ir.einsum import Einsum, Filter, ReduceOp, iteration_successor, map_expressions
 from attncc.ir.expr import (
     OPS,
     Access,
@@ -77,6 +77,7 @@ __all__ = [
     "indices_used",
     "is_quasi_affine",
     "iteration_successor",
+    "map_expressions",
     "parse",
     "parse_file",
     "print_cascade",

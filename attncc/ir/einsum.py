@@ -11,7 +11,8 @@ is a running (iterative) update over that rank and starts from `init` at coordin
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import sympy
 
@@ -97,3 +98,11 @@ def iteration_successor(index: IndexExpr) -> str | None:
     (name,) = variables
     symbol = next(s for s in index.free_symbols if s.name == name)
     return name if sympy.expand(index - symbol) == 1 else None
+
+
+def map_expressions(einsum: Einsum, fn: Callable[[Expr], Expr]) -> Einsum:
+    """`einsum` with `fn` applied to its expression, its filter's predicate and its initial
+    value (the parts that read tensors)."""
+    filter_ = einsum.filter and replace(einsum.filter, predicate=fn(einsum.filter.predicate))
+    init = None if einsum.init is None else fn(einsum.init)
+    return replace(einsum, expr=fn(einsum.expr), filter=filter_, init=init)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from attncc.ir.cascade import Cascade
-from attncc.ir.einsum import Einsum
+from attncc.ir.einsum import Einsum, map_expressions
 from attncc.ir.expr import Access, Expr, replace_accesses
 
 
@@ -17,16 +17,8 @@ def rename_tensors(cascade: Cascade, names: Mapping[str, str]) -> Cascade:
         return Access(names.get(a.tensor, a.tensor), a.indices)
 
     def einsum(e: Einsum) -> Einsum:
-        filter_ = e.filter and replace(
-            e.filter, predicate=replace_accesses(e.filter.predicate, access)
-        )
-        return replace(
-            e,
-            tensor=names.get(e.tensor, e.tensor),
-            expr=replace_accesses(e.expr, access),
-            filter=filter_,
-            init=None if e.init is None else replace_accesses(e.init, access),
-        )
+        renamed = map_expressions(e, lambda x: replace_accesses(x, access))
+        return replace(renamed, tensor=names.get(e.tensor, e.tensor))
 
     return replace(
         cascade,

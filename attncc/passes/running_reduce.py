@@ -40,6 +40,7 @@ from attncc.ir import (
     Partition,
     ReduceOp,
     index_symbol,
+    map_expressions,
     product_factors,
     replace_accesses,
     size_symbol,
@@ -230,10 +231,4 @@ def _rewrite(cascade: Cascade, maximum: Einsum, part: Partition) -> Cascade:
 
 
 def _map_reads(einsum: Einsum, replacement: Callable[[Access], Expr]) -> Einsum:
-    filter_ = einsum.filter
-    if filter_ is not None:
-        filter_ = replace(filter_, predicate=replace_accesses(filter_.predicate, replacement))
-    init = None if einsum.init is None else replace_accesses(einsum.init, replacement)
-    return replace(
-        einsum, expr=replace_accesses(einsum.expr, replacement), filter=filter_, init=init
-    )
+    return map_expressions(einsum, lambda expr: replace_accesses(expr, replacement))
