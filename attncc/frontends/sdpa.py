@@ -67,7 +67,17 @@ def match_sdpa(cascade: Cascade) -> SdpaCall | None:
             continue
         if q.ranks[:-2] != out.ranks[:-2] or k.ranks[:-2] != v.ranks[:-2]:
             continue
-        scores = next((e for e in cascade.einsums if q.name in e.reads), None)
+        # The scores contract Q with the keys; Q merely rescaled (canonicalize's QS) is not
+        # recognized, so no comparison is made with a scale attncc cannot see.
+        scores = next(
+            (
+                e
+                for e in cascade.einsums
+                if q.name in e.reads
+                and sum(isinstance(f, Access) for f in product_factors(e.expr)) >= 2
+            ),
+            None,
+        )
         if scores is None:
             continue
         scale = _constant_factor(scores.expr)
@@ -80,8 +90,9 @@ def match_sdpa(cascade: Cascade) -> SdpaCall | None:
 
 
 def _uses_softmax(cascade: Cascade) -> bool:
+    """exp and a division; exp2 means scores in log2 units, whose scale is not SDPA's."""
     ops = {n.op for e in cascade.einsums for n in walk(e.expr) if isinstance(n, Call)}
-    return bool(ops & {"exp", "exp2"}) and "div" in ops
+    return "exp" in ops and "exp2" not in ops and "div" in ops
 
 
 def _constant_factor(expr: Expr) -> Expr | None:
