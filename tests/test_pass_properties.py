@@ -1,7 +1,7 @@
 """Properties every pass must keep, on random cascades, and the refusals of each pass.
 
-For each generated cascade, every pass that can apply (dce, defer-div, canonicalize when it is
-registered, `partition(rank=R,tile=T)` for each rank R followed by running-reduce, and the
+For each generated cascade, every pass that can apply (dce, defer-div, canonicalize, fuse,
+`partition(rank=R,tile=T)` for each rank R followed by running-reduce, and the
 `flash` pipeline) must give a cascade that verifies, round-trips through the text form and
 computes what the original computes (`attncc.differential`, float64, small random sizes). A pass
 that leaves a cascade unchanged where it was asked to rewrite it must say why in a remark.
@@ -52,7 +52,7 @@ DOMAIN = settings(max_examples=100, deadline=None)
 
 def _standalone() -> list[str]:
     """Passes that take no options and apply to any cascade."""
-    return [name for name in ("dce", "defer-div", "canonicalize") if name in PASSES]
+    return [name for name in ("dce", "defer-div", "canonicalize", "fuse") if name in PASSES]
 
 
 def flash(tile: int) -> tuple[CascadePass, ...]:
