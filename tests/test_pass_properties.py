@@ -50,9 +50,8 @@ DOMAIN = settings(max_examples=100, deadline=None)
 # Helpers
 
 
-def _standalone() -> list[str]:
-    """Passes that take no options and apply to any cascade."""
-    return [name for name in ("dce", "defer-div", "canonicalize", "fuse") if name in PASSES]
+# Passes that take no options and apply to any cascade.
+STANDALONE = ("dce", "defer-div", "canonicalize", "fuse")
 
 
 def flash(tile: int) -> tuple[CascadePass, ...]:
@@ -126,7 +125,7 @@ class Checker:
 def _check_every_pass(cascade: Cascade, tiles: list[int]) -> None:
     """Every standalone pass, partition(rank, tile) + running-reduce for each rank, and flash."""
     checker = Checker(cascade)
-    for name in _standalone():
+    for name in STANDALONE:
         (step,) = parse_pipeline(name)
         checker.apply(step, cascade)
     running = PASSES["running-reduce"]()
