@@ -115,7 +115,7 @@ AV[f,p] = AV1[f,p] - 0.5 * AV2[f,p]
 )
 def test_flash_takes_other_softmax_cascades_to_one_pass(text: str, rank: str, before: int) -> None:
     cascade = parse(text)
-    derived, records = run_pipeline(cascade, "partition(tile=8),flash")
+    derived, records = run_pipeline(cascade, "flash")
 
     assert passes_over(cascade, rank) == before
     assert passes_over(derived, f"{rank}1") == 1
