@@ -22,7 +22,8 @@ from attncc.differential import mismatches
 from attncc.frontends.library import attention_1pass, attention_2pass, attention_3pass
 from attncc.ir import Cascade, parse, parse_file, print_cascade
 from attncc.passes import run_pipeline
-from attncc.passes.canonicalize import LOG2_E, Canonicalize
+from attncc.passes.base2 import LOG2_E
+from attncc.passes.canonicalize import Canonicalize
 from attncc.passes.registry import parse_pipeline
 
 CORPUS = sorted((Path(__file__).parent / "analysis_cascades").glob("*.ein"))
