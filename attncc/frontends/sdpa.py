@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import sympy
-import torch
 
 from attncc.backends.numpy.ops import MAP_OPS
 from attncc.ir import (
@@ -130,6 +129,8 @@ def sdpa_reference(
     call: SdpaCall, inputs: Mapping[str, np.ndarray], sizes: Mapping[str, int]
 ) -> np.ndarray:
     """PyTorch's scaled_dot_product_attention on the cascade's inputs, in the cascade's layout."""
+    # torch takes a second to import; only the commands that compare with it pay for that.
+    import torch
 
     def torch_layout(name: str) -> torch.Tensor:
         # FuseMax layout keeps the sequence last (Q[e,p]); PyTorch wants it second to last.
