@@ -385,7 +385,10 @@ def _running_frame(s: _State) -> tuple[Value, str, list[str], list[Index]]:
     leaves = [_leaf(s) for _ in range(s.draw(st.integers(1, 2)))]
     data = _expr(s, [v for v, _ in leaves])
     space = sorted(set().union(*(ranks for _, ranks in leaves)))
-    rank = s.pick(space or s.ranks)
+    # A running update may not run over a partition's inner rank (the ragged last tile).
+    inners = {inner for _, inner in s.partitions.values()}
+    candidates = [r for r in space if r not in inners] or [r for r in s.ranks if r not in inners]
+    rank = s.pick(candidates)
     rest = [r for r in s.draw(st.permutations(space)) if r != rank]
     lhs = [idx(r) for r in rest]
     lhs.insert(s.draw(st.integers(0, len(rest))), idx(rank) + 1)

@@ -9,6 +9,8 @@ from attncc.errors import ShapeError, VerifyError
 from attncc.frontends.builder import CascadeBuilder
 from attncc.frontends.library import LIBRARY, attention_1pass, attention_3pass
 from attncc.ir import (
+    Const,
+    Filter,
     bind_sizes,
     dependency_graph,
     execution_order,
@@ -120,3 +122,34 @@ def test_keywords_cannot_name_tensors_or_indices() -> None:
     messages = [d.message for d in error.value.diagnostics]
     assert any("index variable 'ceil', a keyword" in m for m in messages)
     assert any("tensor name 'inf' is a keyword" in m for m in messages)
+
+
+def test_running_update_over_an_inner_rank_is_rejected() -> None:
+    text = """
+    rank M, M0 = 4
+    partition M -> M1, M0
+    input X[m]
+    output T[m1]
+    BX[m1,m0] = X[m1*M0+m0]
+    R[m1,0] = 0
+    R[m1,m0+1] = R[m1,m0] + BX[m1,m0]
+    T[m1] = R[m1,M0]
+    """
+    with pytest.raises(VerifyError, match="running update over m0, the inner rank"):
+        verify(parse(text))
+
+
+def test_division_by_zero_in_an_index_is_rejected() -> None:
+    b = CascadeBuilder("bad_index")
+    m = b.rank("M")
+    X = b.input("X", [m])
+    b.output("Y", [m])
+    b.let("Y", [m], X[m // 0])
+
+    with pytest.raises(VerifyError, match="not affine"):
+        b.build()
+
+
+def test_nan_fill_is_rejected() -> None:
+    with pytest.raises(ValueError, match="NaN is not a valid fill"):
+        Filter(Const(1.0), float("nan"))

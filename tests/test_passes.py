@@ -213,3 +213,24 @@ def test_fuse_orders_einsums_by_group_and_keeps_the_semantics() -> None:
     assert [e.tensor for e in fused.einsums][:6] == ["BK", "BV", "BQK", "LM", "RM", "PRM"]
     assert records[0].remarks[0].startswith("group 1: [BK, BV, BQK, LM]")
     check_equivalent(cascade, fused)
+
+
+def test_running_reduce_refuses_an_exp_that_is_an_output() -> None:
+    text = """
+    rank M, P, M0 = 2
+    partition M -> M1, M0
+    input X[m,p]
+    output SN[m1,m0,p]
+    output SD[p]
+    BX[m1,m0,p] = X[m1*M0+m0,p]
+    GM[p] = max(m0, m1) BX[m1,m0,p]
+    SN[m1,m0,p] = exp(BX[m1,m0,p] - GM[p])
+    SD[p] = SN[m1,m0,p]
+    """
+    cascade = parse(text)
+    (step,) = parse_pipeline("running-reduce")
+
+    result = step.apply(cascade)
+
+    assert result.cascade == cascade
+    assert "SN is an output" in result.remarks[0]

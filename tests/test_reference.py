@@ -17,6 +17,7 @@ from attncc.frontends.library import (
     toy_cascade2,
     toy_cascade3,
 )
+from attncc.ir import parse
 
 ATTENTION = {
     "3pass": attention_3pass,
@@ -193,3 +194,36 @@ def test_filter_of_a_running_update_does_not_apply_to_its_initial_value() -> Non
 
     # Step j=0 is filtered out (takes the fill); later steps run the max from there.
     np.testing.assert_array_equal(r, [-1.0, 7.0, 7.0, 7.0])
+
+
+def test_sums_of_comparisons_count() -> None:
+    cascade = parse("rank M, P\ninput X[m,p]\noutput Y[p]\nY[p] = X[m,p] > 0")
+
+    y = interpret(cascade, {"X": np.array([[1.0, 1.0], [2.0, -1.0], [3.0, 1.0]])})["Y"]
+
+    np.testing.assert_array_equal(y, [3.0, 2.0])
+
+
+def test_integer_temporaries_are_not_rounded() -> None:
+    text = """
+    rank M, P
+    input S[m,p]
+    input KDOC[m] : i64
+    input QDOC[p] : i64
+    output Y[m,p]
+    D[m] = KDOC[m]
+    Y[m,p] = S[m,p] where D[m] == QDOC[p] else 0
+    """
+    inputs = {
+        "S": np.ones((2, 1), np.float32),
+        "KDOC": np.array([16777217, 5]),
+        "QDOC": np.array([16777216]),
+    }
+
+    y = interpret(parse(text), inputs)["Y"]
+
+    np.testing.assert_array_equal(y, [[0.0], [0.0]])  # 2^24 + 1 is not 2^24
+    with pytest.raises(ExecutionError, match="KDOC is declared i64 but holds floating-point"):
+        interpret(parse(text), {**inputs, "KDOC": np.array([1.5, 2.0])})
+    with pytest.raises(ExecutionError, match="S is not a rectangular array"):
+        interpret(parse(text), {**inputs, "S": [[1.0], [2.0, 3.0]]})

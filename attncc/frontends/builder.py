@@ -258,8 +258,8 @@ class CascadeBuilder:
 
     def rank(self, name: str, size: int | Index | None = None) -> Index:
         """Declare rank `name` (symbolic size unless given); returns its index variable."""
-        if name != name.upper():
-            raise ValueError(f"rank name {name!r} must be upper case")
+        if name != name.upper() or not name[:1].isalpha():
+            raise ValueError(f"rank name {name!r} must be upper case, starting with a letter")
         extent = size_symbol(name) if size is None else _index(size)
         self._ranks.append(Rank(name, extent))
         return Index(index_symbol(index_name(name)))

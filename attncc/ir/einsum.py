@@ -11,6 +11,7 @@ is a running (iterative) update over that rank and starts from `init` at coordin
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -33,6 +34,10 @@ class Filter:
 
     predicate: Expr
     fill: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fill is not None and math.isnan(self.fill):
+            raise ValueError("NaN is not a valid fill (it would break equality and the text form)")
 
 
 @dataclass(frozen=True)

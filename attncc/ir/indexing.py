@@ -55,10 +55,14 @@ def floordiv(numerator: sympy.Expr, denominator: sympy.Expr) -> sympy.Expr:
 
 
 def is_quasi_affine(expr: sympy.Expr) -> bool:
-    """True when `expr` is affine in index variables apart from floor/mod by index-free values."""
-    if isinstance(expr, sympy.floor | sympy.Mod):
+    """True when `expr` is affine in index variables apart from floor, ceiling and modulo by
+    positive index-free values."""
+    if isinstance(expr, sympy.floor | sympy.ceiling | sympy.Mod):
         numerator, denominator = division_operands(expr)
-        return not index_vars(denominator) and is_quasi_affine(numerator)
+        positive = denominator.is_positive is True
+        return positive and not index_vars(denominator) and is_quasi_affine(numerator)
+    if expr.has(sympy.zoo, sympy.nan, sympy.oo):
+        return False
     if not index_vars(expr):
         return True
     if isinstance(expr, sympy.Symbol):

@@ -198,6 +198,8 @@ class _Resolver:
         )
 
     def rank_name(self, token: lark.Token | lark.Tree) -> str:
+        if not str(token)[:1].isalpha():
+            raise self.error(f"rank name '{token}' must start with a letter", token)
         if str(token) != str(token).upper():
             raise self.error(
                 f"rank name '{token}' must be upper case: declare rank {str(token).upper()}, "

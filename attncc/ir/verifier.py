@@ -13,7 +13,8 @@ It checks, and reports every violation it finds (not just the first):
   names a declared tensor, has one index per rank, is quasi-affine, and does not address one rank
   with another rank's variable; indices missing on the left have a reduce operator and a reduce
   operator has something to reduce; a running update has an initial value and only a running
-  update has one; the initial value uses only the left side's other variables;
+  update has one, and it does not run over a partition's inner rank; the initial value uses
+  only the left side's other variables;
 - outputs: each is written, by an Einsum whose left side has the declared ranks;
 - dependencies: no cycle, except running updates that read their previous iteration, and such
   a cycle runs over a single iterative rank.
@@ -322,6 +323,16 @@ def _check_reduction(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
 def _check_iteration(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
     var = einsum.iterative_index
     rank = _rank_name(cascade, var) if var else None
+    inner = next((p for p in cascade.partitions if p.inner.lower() == var), None)
+    if var is not None and inner is not None:
+        yield _diag(
+            einsum,
+            f"a running update over {var}, the inner rank of partition {inner.rank} -> "
+            f"{inner.outer}, {inner.inner}, would step past the end of a ragged last tile; run "
+            f"over {inner.rank.lower()} or over {inner.outer.lower()}",
+            tensor=einsum.tensor,
+            rank=rank,
+        )
     if var is not None and einsum.init is None:
         yield _diag(
             einsum,

@@ -117,6 +117,8 @@ def _refusal(cascade: Cascade, maximum: Einsum, part: Partition) -> str | None:
     for reader in _readers(cascade, maximum.tensor):
         if not (tiles & reader.space):
             continue
+        if reader.tensor in cascade.output_names():
+            return f"{reader.tensor} is an output: its values would change to be relative to RM"
         reads = [a for a in reader.read_accesses() if a.tensor == maximum.tensor]
         if not (
             _exp_of_difference(reader.expr, maximum.tensor)

@@ -96,13 +96,23 @@ def _prepare_inputs(
     missing = [name for name in declared if name not in inputs]
     if missing:
         raise ExecutionError(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    arrays = {name: np.asarray(inputs[name]) for name in declared}
-    for name, array in arrays.items():
+    arrays = {}
+    for name, decl in declared.items():
+        try:
+            array = np.asarray(inputs[name])
+        except ValueError as error:
+            raise ExecutionError(f"input {name} is not a rectangular array: {error}") from None
         if array.dtype.kind not in "fiub":
             raise ExecutionError(
                 f"input {name} has element type {array.dtype}; the reference interpreter takes "
                 "real floating-point, integer or boolean arrays"
             )
+        if decl.dtype not in _FLOAT_DTYPES and array.dtype.kind == "f":
+            declared_type = decl.dtype.value if decl.dtype else "?"
+            raise ExecutionError(
+                f"input {name} is declared {declared_type} but holds floating-point values"
+            )
+        arrays[name] = array
     floats = [arrays[n] for n, d in declared.items() if d.dtype in _FLOAT_DTYPES]
     dtype = np.dtype(np.float64 if any(a.dtype == np.float64 for a in floats) else np.float32)
     for name, decl in declared.items():
@@ -202,8 +212,15 @@ class _EinsumEvaluation:
             full = np.broadcast_to(value.array, self.shape)
             if mask is not None:
                 full = np.where(mask.array, full, self._fill(0.0))
-            return full.astype(self.run.dtype)
-        return self.reduction(reduce, mask).astype(self.run.dtype)
+            return self.stored(full)
+        return self.stored(self.reduction(reduce, mask))
+
+    def stored(self, values: np.ndarray) -> np.ndarray:
+        """Floating-point results in the compute type; integer and boolean ones (document ids,
+        predicates) as they are, since rounding them to float32 could change them."""
+        if values.dtype.kind in "iub":
+            return np.array(values)
+        return values.astype(self.run.dtype)
 
     def _fill(self, default: float) -> float:
         fill = self.einsum.filter.fill if self.einsum.filter is not None else None
@@ -250,7 +267,8 @@ class _EinsumEvaluation:
         operands, subscripts = [], []
         for field in fields:
             dims = tuple(k for k, v in enumerate(self.layout) if v not in field.axes)
-            operands.append(np.squeeze(field.array, axis=dims))
+            # np.einsum sums booleans as a logical or: count in the compute type instead.
+            operands.append(np.squeeze(field.array, axis=dims).astype(self.run.dtype, copy=False))
             subscripts.append("".join(letters[v] for v in self.layout if v in field.axes))
         lhs = [v for v in self.layout if v not in self.einsum.reduced]
         spanned = frozenset().union(*(f.axes for f in fields))
