@@ -3,6 +3,8 @@
 attncc dump FILE|NAME [-O key=value ...]        the cascade as text IR
 attncc check FILE|NAME ...                        verify; located errors, exit status 1
 attncc run FILE|NAME --shapes E=64,M=512,... [--seed N] [--dtype f64|f32]
+attncc analyze FILE|NAME [--rank M] [--shapes ...] [--json] [--dot graph.dot]
+attncc opt FILE|NAME --passes PIPELINE [--print-ir-after-all] [--check] [-o out.ein]
 attncc demo                                       the built-in end-to-end example
 """
 
@@ -65,7 +67,7 @@ def parse_shapes(text: str | None) -> dict[str, int]:
     """`E=64,M=512` as rank sizes."""
     sizes = {}
     for key, value in _pairs([t for t in (text or "").split(",") if t.strip()], "--shapes").items():
-        if not value.isdigit() or int(value) < 1:
+        if not (value.isascii() and value.isdigit()) or int(value) < 1:
             raise AttnccError(f"--shapes {key}={value}: a size is a positive integer")
         sizes[key] = int(value)
     return sizes
@@ -253,13 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=config().log_level, format="%(name)s: %(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        logging.basicConfig(level=config().log_level, format="%(name)s: %(levelname)s: %(message)s")
         return int(args.handler(args))
     except AttnccError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+    except OSError as error:
+        print(f"error: {error.filename}: {error.strerror}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

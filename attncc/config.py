@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from attncc.errors import AttnccError
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -26,7 +28,7 @@ class Config:
 def _read_log_level(value: str) -> str:
     level = value.upper()
     if level not in _LOG_LEVELS:
-        raise ValueError(f"ATTNCC_LOG_LEVEL={value!r} is not one of {', '.join(_LOG_LEVELS)}")
+        raise AttnccError(f"ATTNCC_LOG_LEVEL={value!r} is not one of {', '.join(_LOG_LEVELS)}")
     return level
 
 

@@ -34,6 +34,7 @@ class Mismatch:
     seed: int
     max_error: float
     nan_differences: int = 0
+    trial: int = 0
 
     def __str__(self) -> str:
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
@@ -44,7 +45,7 @@ class Mismatch:
         )
         return (
             f"{self.output} differs by up to {self.max_error:.3g}{nans} at {sizes} "
-            f"(seed {self.seed})"
+            f"(seed {self.seed}, trial {self.trial})"
         )
 
 
@@ -107,7 +108,7 @@ def mismatches(
             if nan_differences or not close.all():
                 finite = np.isfinite(want) & np.isfinite(got)
                 error = float(np.abs(got - want)[finite].max()) if finite.any() else 0.0
-                found.append(Mismatch(name, sizes, seed, error, nan_differences))
+                found.append(Mismatch(name, sizes, seed, error, nan_differences, trial))
     return found
 
 
@@ -116,4 +117,6 @@ def check_equivalent(before: Cascade, after: Cascade, *, trials: int = 3, seed: 
     found = mismatches(before, after, trials=trials, seed=seed)
     if found:
         lines = "\n".join(f"  {m}" for m in found)
-        raise DifferentialError(f"{after.name} does not compute what {before.name} does:\n{lines}")
+        raise DifferentialError(
+            f"the rewritten cascade does not compute what the original does:\n{lines}"
+        )

@@ -23,7 +23,7 @@ import sympy
 
 from attncc.analysis.cost import extent
 from attncc.analysis.passes import RankPasses
-from attncc.ir import Cascade, Einsum, index_vars
+from attncc.ir import Access, Cascade, Einsum, index_vars
 
 
 class LiveKind(enum.Enum):
@@ -136,10 +136,20 @@ class _Sizes:
 def _held(sizes: _Sizes, producer: Einsum, number: int, passes: RankPasses) -> LiveTensor | None:
     """What pass `number` must hold of `producer`'s output, if anything."""
     placement = passes.placement(producer.tensor)
-    if placement.pass_number == number:
+    if placement.pass_number == number or _is_input_view(sizes.cascade, producer):
         return None
     elements = sizes.elements(producer)
     if placement.pass_number is not None and passes.index in producer.lhs_vars:
         length = extent(sizes.cascade, passes.index)
         return LiveTensor(producer.tensor, LiveKind.FIBER, elements, length)
     return LiveTensor(producer.tensor, LiveKind.REDUCED, elements)
+
+
+def _is_input_view(cascade: Cascade, einsum: Einsum) -> bool:
+    """`BV[f,m1,m0] = V[f,m1*M0+m0]`: a re-indexed input, which any pass can read again from
+    memory like the input itself, so no pass needs to hold it."""
+    return (
+        isinstance(einsum.expr, Access)
+        and einsum.expr.tensor in cascade.input_names()
+        and einsum.filter is None
+    )

@@ -179,10 +179,6 @@ def _earliest(
     return start + 2, True, blocking
 
 
-def _odd(value: int) -> int:
-    return value if value % 2 else value + 1
-
-
 def _blocking_read(cascade: Cascade, producer: Einsum, consumer: Einsum, var: str) -> str | None:
     """Why `consumer`, iterating `var`, cannot read `producer` within the same traversal; None
     when every read is a fixed distance from the current coordinate (`m`, `m-1`, `m+1`: a

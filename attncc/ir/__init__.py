@@ -21,6 +21,7 @@ from attncc.ir.expr import (
     product_factors,
     replace_accesses,
     substitute,
+    tensors_read,
     walk,
 )
 from attncc.ir.graph import Step, dependency_graph, execution_order
@@ -86,6 +87,7 @@ __all__ = [
     "replace_accesses",
     "size_symbol",
     "substitute",
+    "tensors_read",
     "verify",
     "walk",
 ]

@@ -72,7 +72,6 @@ OPS: dict[str, OpInfo] = {
 INFIX_BY_SYMBOL: dict[tuple[str, int], str] = {
     (op.symbol, op.arity): op.name for op in OPS.values() if op.symbol is not None
 }
-FUNCTIONS: frozenset[str] = frozenset(op.name for op in OPS.values() if op.symbol is None)
 
 
 @dataclass(frozen=True)

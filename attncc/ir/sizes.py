@@ -76,7 +76,8 @@ def _derive(ranks: dict, values: dict[str, int], source: dict[str, str]) -> None
             value = evaluate_size(rank.size, values)
             if name not in values:
                 progress = True
-            where = f"the cascade, which makes {name} = {rank.size} = {value}"
+            made = f"{rank.size} = {value}" if rank.size.free_symbols else str(value)
+            where = f"the cascade, which makes {name} = {made}"
             if name in values and values[name] != value:
                 raise ShapeError(
                     f"rank {name} is {values[name]} from {source[name]} but {value} from {where}"

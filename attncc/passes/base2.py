@@ -25,6 +25,7 @@ from attncc.ir import (
     index_symbol,
     map_expressions,
     product_factors,
+    tensors_read,
     walk,
 )
 from attncc.passes.folding import expression_parts, is_constant, product, times
@@ -61,10 +62,6 @@ def _is_site(expr: Expr) -> bool:
     return any(isinstance(n, Access) for n in walk(expr.args[0]))
 
 
-def _tensors(expr: Expr) -> frozenset[str]:
-    return frozenset(n.tensor for n in walk(expr) if isinstance(n, Access))
-
-
 def _is_scale_free(expr: Expr) -> bool:
     """A comparison of a value that scales with its reads with 0 or an infinity: its truth
     does not depend on the scale (running-reduce's guard `RM[m1+1,p] == -inf`)."""
@@ -83,7 +80,7 @@ def _reads_outside_sites(expr: Expr, tensors: frozenset[str]) -> str | None:
         return None
     if _is_scale_free(expr):
         # S - Y > 0 keeps its truth only if Y changes units with S
-        read = _tensors(expr)
+        read = tensors_read(expr)
         return None if read <= tensors else min(read & tensors, default=None)
     return next((t for a in expr.args if (t := _reads_outside_sites(a, tensors))), None)
 
@@ -101,7 +98,7 @@ def _closure(cascade: Cascade, roots: frozenset[str]) -> frozenset[str]:
         found.add(tensor)
         writer = cascade.writer(tensor)
         if tensor not in boundary and writer is not None and _scales_with(writer.expr):
-            todo += sorted(_tensors(writer.expr))
+            todo += sorted(tensors_read(writer.expr))
     return frozenset(found)
 
 
@@ -145,7 +142,7 @@ def to_exp2(cascade: Cascade, scale: bool, remarks: list[str]) -> Cascade:
     domains: list[frozenset[str]] = []
     for einsum in cascade.einsums:
         for site in (n for part in expression_parts(einsum) for n in walk(part) if _is_site(n)):
-            closure = _closure(cascade, _tensors(site))
+            closure = _closure(cascade, tensors_read(site))
             touching = [d for d in domains if d & closure]
             domains = [d for d in domains if not d & closure]
             domains.append(closure.union(*touching))
@@ -183,7 +180,7 @@ def _base2_einsum(einsum: Einsum, base2: frozenset[str], source: bool) -> Einsum
             return Call(expr.op, args)
         (x,) = args
         # exp(S - RM) -> exp2(S - RM)   where S and RM hold log2(e) times their values
-        if _is_site(expr) and _tensors(x) <= base2:
+        if _is_site(expr) and tensors_read(x) <= base2:
             return Call("exp2", (x,))
         # exp(x) -> exp2(x * log2e)
         return Call("exp2", (times(x, LOG2_E),))

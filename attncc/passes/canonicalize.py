@@ -13,10 +13,11 @@ log2(e) where they are computed (max commutes with a positive scale) puts the wh
 base 2; `scale` then moves that constant, with the 1/sqrt(E) softmax scale, onto Q, read once:
 E*P multiplies instead of M*P. Each rewrite is exact in real arithmetic; in floating point they
 reassociate products (`(q*k)*c` becomes `(q*c)*k`) and round log2(e), so results agree to a few
-ulps, not bit for bit. Folding is IEEE-exact: `x + 0` is kept (-0 + 0 is +0, not -0), and so are
-`x - x` and `x * 0` (NaN when x is infinite); constants fold only to a nonzero real value (so the
-sign of a zero never depends on the folding). The rewrites repeat until nothing changes, so the
-pass is idempotent. Run it after the pipelines that match `exp` (running-reduce does).
+ulps, not bit for bit. Folding keeps IEEE identities: `x + 0` is kept (-0 + 0 is +0, not -0),
+and so are `x - x` and `x * 0` (NaN when x is infinite); constants fold only to a nonzero real
+value (so the sign of a zero never depends on the folding). The rewrites repeat until nothing
+changes, so the pass is idempotent. Run it after the pipelines that match `exp` (running-reduce
+does).
 
 The fold rules live in `folding.py`, exp2 and scale in `base2.py`; cse and dce are here.
 """

@@ -1,8 +1,11 @@
-"""IEEE-exact constant folding and algebraic simplification of value expressions, and the
-small expression helpers the canonicalize rewrites share.
+"""Constant folding and algebraic simplification of value expressions, and the small
+expression helpers the canonicalize rewrites share.
 
 Constant subtrees (with the sizes a cascade fixes, such as E = 64) are evaluated exactly with
-sympy and rounded once to float64. Identities are applied only where IEEE arithmetic agrees:
+sympy and rounded once to float64. The numeric factors of a product are merged into one
+(`x*2*y*3` -> `x*y*6`): exact in real arithmetic, a reassociation in floating point (results
+agree to rounding; an intermediate overflow can disappear). Identities are applied only where
+IEEE arithmetic agrees:
 `x * 1`, `x - 0`, `x + -0`, `-(-x)`, `max(x, -inf)`; `x + 0` (-0 + 0 is +0), `x - x` and `x * 0`
 (NaN when x is infinite) are kept, and constants fold only to a nonzero real value so that the
 sign of a zero never depends on the folding.

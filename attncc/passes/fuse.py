@@ -73,9 +73,7 @@ class Fuse(CascadePass):
 
     def apply(self, cascade: Cascade) -> PassResult:
         groups = fusion_groups(cascade)
-        position = {name: k for k, g in enumerate(groups) for name in g.einsums}
-        ordered = sorted(cascade.einsums, key=lambda e: position[e.tensor])
-        by_name = {e.tensor: e for e in ordered}
+        by_name = {e.tensor: e for e in cascade.einsums}
         einsums = tuple(by_name[n] for g in groups for n in g.einsums)
         remarks = tuple(f"group {k + 1}: {g}" for k, g in enumerate(groups))
         return PassResult(replace(cascade, einsums=einsums), remarks)

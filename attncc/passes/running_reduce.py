@@ -44,6 +44,7 @@ from attncc.ir import (
     product_factors,
     replace_accesses,
     size_symbol,
+    tensors_read,
     walk,
 )
 from attncc.passes.base import CascadePass, PassResult
@@ -136,19 +137,15 @@ def _refusal(cascade: Cascade, maximum: Einsum, part: Partition) -> str | None:
                 and tiles <= consumer.reduced
                 and maximum.lhs_vars <= consumer.lhs_vars
                 and consumer.filter is None
-                and sum(reader.tensor in _tensors(f) for f in factors) == 1
+                and sum(reader.tensor in tensors_read(f) for f in factors) == 1
                 and any(isinstance(f, Access) and f.tensor == reader.tensor for f in factors)
-                and not any(maximum.tensor in _tensors(f) for f in factors)
+                and not any(maximum.tensor in tensors_read(f) for f in factors)
             ):
                 return (
                     f"{consumer.tensor} reads {reader.tensor} but is not a sum over "
                     f"{part.outer.lower()}, {part.inner.lower()} of a product with it as a factor"
                 )
     return None
-
-
-def _tensors(expr: Expr) -> set[str]:
-    return {n.tensor for n in walk(expr) if isinstance(n, Access)}
 
 
 def _with_outer(indices: tuple[sympy.Expr, ...], outer: sympy.Expr) -> tuple[sympy.Expr, ...]:
