@@ -18,9 +18,7 @@ import numpy.typing as npt
 
 from attncc.backends.numpy.reference import interpret
 from attncc.errors import AttnccError
-from attncc.ir import Cascade, DType, bind_sizes
-
-_FLOATS = {DType.F16, DType.BF16, DType.F32, DType.F64}
+from attncc.ir import Cascade, bind_sizes
 
 
 class DifferentialError(AttnccError):
@@ -77,7 +75,7 @@ def random_inputs(
     inputs: dict[str, np.ndarray] = {}
     for decl in cascade.inputs:
         shape = tuple(bound[r] for r in decl.ranks)
-        if decl.dtype in _FLOATS:
+        if decl.dtype and decl.dtype.is_float:
             inputs[decl.name] = rng.standard_normal(shape).astype(dtype)
         else:
             inputs[decl.name] = rng.integers(0, 4, size=shape)

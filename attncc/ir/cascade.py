@@ -27,6 +27,10 @@ class DType(enum.Enum):
     I64 = "i64"
     BOOL = "bool"
 
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.F16, DType.BF16, DType.F32, DType.F64)
+
 
 class Role(enum.Enum):
     INPUT = "input"

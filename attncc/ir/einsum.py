@@ -85,14 +85,21 @@ class Einsum:
         """Tensors this Einsum reads: in its expression, its filter and its initial value."""
         return frozenset(a.tensor for a in self.read_accesses())
 
+    @property
+    def init_indices(self) -> tuple[IndexExpr, ...]:
+        """Where the initial value of a running update is written: `r + 1` becomes 0."""
+        return tuple(sympy.Integer(0) if iteration_successor(i) else i for i in self.indices)
+
+    def parts(self) -> tuple[Expr, ...]:
+        """The expressions that read tensors: the right side, then the filter's predicate and
+        the initial value where there are."""
+        predicate = (self.filter.predicate,) if self.filter is not None else ()
+        init = (self.init,) if self.init is not None else ()
+        return (self.expr, *predicate, *init)
+
     def read_accesses(self) -> tuple[Access, ...]:
         """Every access on the right side, the filter and the initial value, in order."""
-        exprs = [self.expr]
-        if self.filter is not None:
-            exprs.append(self.filter.predicate)
-        if self.init is not None:
-            exprs.append(self.init)
-        return tuple(a for e in exprs for a in accesses(e))
+        return tuple(a for part in self.parts() for a in accesses(part))
 
 
 def iteration_successor(index: IndexExpr) -> str | None:

@@ -17,6 +17,7 @@ import sympy
 from attncc.ir.indexing import (
     IndexExpr,
     division_operands,
+    factor_order,
     index_symbol,
     index_vars,
     size_names,
@@ -188,16 +189,12 @@ def index_value(expr: sympy.Expr) -> Expr:
             op, parts = "add", expr.as_ordered_terms()
         else:
             # Numbers, then index variables, then sizes: `2*m1*M0` as in index text.
-            op, parts = "mul", sorted(expr.args, key=_factor_order)
+            op, parts = "mul", sorted(expr.args, key=factor_order)
         result = index_value(parts[0])
         for part in parts[1:]:
             result = Call(op, (result, index_value(part)))
         return result
     raise TypeError(f"cannot use index expression {expr} as a value")
-
-
-def _factor_order(factor: sympy.Expr) -> tuple[int, str]:
-    return (0 if factor.is_number else 1 if index_vars(factor) else 2, str(factor))
 
 
 def as_index(expr: Expr) -> sympy.Expr | None:

@@ -106,7 +106,7 @@ def format_index(expr: sympy.Expr) -> str:
         coeff, rest = expr.as_coeff_Mul()
         if coeff == -1:
             return f"-{_format_operand(rest)}"
-        factors = sorted(expr.args, key=_factor_order)
+        factors = sorted(expr.args, key=factor_order)
         return "*".join(_format_operand(f) for f in factors)
     return str(expr)
 
@@ -128,7 +128,7 @@ def _term_order(term: sympy.Expr) -> tuple[int, bool, str]:
     return (group, negative, str(-term if negative else term))
 
 
-def _factor_order(factor: sympy.Expr) -> tuple[int, str]:
+def factor_order(factor: sympy.Expr) -> tuple[int, str]:
     """Numbers, then index variables, then sizes: `2*m1*M0`."""
     if factor.is_number:
         return (0, "")

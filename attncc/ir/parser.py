@@ -19,7 +19,7 @@ import sympy
 
 from attncc.errors import ParseError, SourceSpan
 from attncc.ir.cascade import Cascade, DType, Partition, Rank, Role, TensorDecl
-from attncc.ir.einsum import Einsum, Filter, ReduceOp, iteration_successor
+from attncc.ir.einsum import Einsum, Filter, ReduceOp
 from attncc.ir.expr import INFIX_BY_SYMBOL, OPS, Access, Call, Const, Coord, Expr, Size
 from attncc.ir.indexing import floordiv, format_index, index_symbol, size_symbol
 
@@ -256,9 +256,7 @@ class _Resolver:
                     "running update (no 'r+1' index on its left side)",
                     statement,
                 )
-            expected = tuple(
-                sympy.Integer(0) if iteration_successor(i) else i for i in einsum.indices
-            )
+            expected = einsum.init_indices
             if expected != target.indices:
                 start = format_access(Access(einsum.tensor, expected))
                 raise self.error(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from attncc.ir.cascade import Cascade, Partition, Rank, TensorDecl
-from attncc.ir.einsum import Einsum, ReduceOp, iteration_successor
+from attncc.ir.einsum import Einsum, ReduceOp
 from attncc.ir.expr import OPS, Access, Call, Const, Coord, Expr, Size
 from attncc.ir.indexing import format_index, index_name
 from attncc.ir.parser import format_access, reduction_prefix
@@ -76,9 +76,8 @@ def format_einsum(einsum: Einsum) -> str:
     """One Einsum as text; a running update is preceded by its initial-value line."""
     lines = []
     if einsum.init is not None:
-        var = einsum.iterative_index
-        zero = ["0" if iteration_successor(i) == var else format_index(i) for i in einsum.indices]
-        lines.append(f"{einsum.tensor}[{','.join(zero)}] = {_guarded(format_expr(einsum.init))}")
+        start = format_access(Access(einsum.tensor, einsum.init_indices))
+        lines.append(f"{start} = {_guarded(format_expr(einsum.init))}")
     body = format_expr(einsum.expr)
     if einsum.reduce is not None and einsum.reduce is not ReduceOp.SUM:
         body = f"{einsum.reduce.value}({', '.join(sorted(einsum.reduced))}) {body}"

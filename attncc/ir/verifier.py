@@ -233,8 +233,7 @@ def _check_left_side(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
 
 
 def _check_names(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
-    exprs = [einsum.expr] + ([einsum.filter.predicate] if einsum.filter else [])
-    exprs += [einsum.init] if einsum.init is not None else []
+    exprs = einsum.parts()
     variables = einsum.space | frozenset().union(*(indices_used(e) for e in exprs))
     for var in sorted(variables):
         if cascade.rank_of_index(var) is None:
@@ -360,9 +359,8 @@ def _check_iteration(cascade: Cascade, einsum: Einsum) -> Iterator[Diagnostic]:
 
 
 def _init_text(cascade: Cascade, einsum: Einsum) -> str:
-    var = einsum.iterative_index
-    indices = ["0" if iteration_successor(i) == var else format_index(i) for i in einsum.indices]
-    return f"'{einsum.tensor}[{','.join(indices)}] = <value>' before it"
+    indices = ",".join(format_index(i) for i in einsum.init_indices)
+    return f"'{einsum.tensor}[{indices}] = <value>' before it"
 
 
 def _check_outputs(cascade: Cascade) -> Iterator[Diagnostic]:

@@ -28,7 +28,7 @@ from attncc.ir import (
     tensors_read,
     walk,
 )
-from attncc.passes.folding import expression_parts, is_constant, product, times
+from attncc.passes.folding import is_constant, product, times
 from attncc.passes.names import fresh_name, taken_names
 
 LOG2_E = 1.4426950408889634
@@ -117,7 +117,7 @@ def _sources(cascade: Cascade, domain: frozenset[str], scale: bool) -> frozenset
                 return f"{tensor} has no constant factor to take log2(e)"
             sources.add(tensor)
     for einsum in cascade.einsums:
-        parts = expression_parts(einsum)
+        parts = list(einsum.parts())
         if einsum.tensor in domain and einsum.tensor not in sources:
             parts = parts[1:]  # a maximum or a difference of the domain's values scales along
         read = next((t for part in parts if (t := _reads_outside_sites(part, domain))), None)
@@ -141,13 +141,13 @@ def to_exp2(cascade: Cascade, scale: bool, remarks: list[str]) -> Cascade:
     # Sites that share a tensor must change units together: group their closures.
     domains: list[frozenset[str]] = []
     for einsum in cascade.einsums:
-        for site in (n for part in expression_parts(einsum) for n in walk(part) if _is_site(n)):
+        for site in (n for part in einsum.parts() for n in walk(part) if _is_site(n)):
             closure = _closure(cascade, tensors_read(site))
             touching = [d for d in domains if d & closure]
             domains = [d for d in domains if not d & closure]
             domains.append(closure.union(*touching))
     for einsum in cascade.einsums:
-        for node in (n for part in expression_parts(einsum) for n in walk(part)):
+        for node in (n for part in einsum.parts() for n in walk(part)):
             if isinstance(node, Call) and node.op == "exp" and not _is_site(node):
                 remarks.append(
                     f"exp2: in {einsum.tensor}, {format_expr(node.args[0])} is no sum or max of "

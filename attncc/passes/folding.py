@@ -25,7 +25,6 @@ from attncc.ir import (
     Cascade,
     Const,
     Coord,
-    Einsum,
     Expr,
     Size,
     evaluate_size,
@@ -53,12 +52,6 @@ def concrete_sizes(cascade: Cascade) -> dict[str, int]:
                 known[rank.name] = evaluate_size(rank.size, known)
                 progress = True
     return known
-
-
-def expression_parts(einsum: Einsum) -> list[Expr]:
-    """The expression, then the filter's predicate and the initial value where there are."""
-    filter_ = [einsum.filter.predicate] if einsum.filter is not None else []
-    return [einsum.expr, *filter_, *([einsum.init] if einsum.init is not None else [])]
 
 
 def map_cascade(cascade: Cascade, fn: Callable[[Expr], Expr]) -> Cascade:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
-import sympy
 
 from attncc.backends.numpy.ops import MAP_OPS, REDUCE_OPS
 from attncc.errors import ExecutionError
@@ -30,7 +29,6 @@ from attncc.ir import (
     Cascade,
     Const,
     Coord,
-    DType,
     Einsum,
     Expr,
     ReduceOp,
@@ -42,12 +40,9 @@ from attncc.ir import (
     format_index,
     index_name,
     index_vars,
-    iteration_successor,
     product_factors,
     verify,
 )
-
-_FLOAT_DTYPES = {DType.F16, DType.BF16, DType.F32, DType.F64}
 
 
 @dataclass(frozen=True)
@@ -107,16 +102,16 @@ def _prepare_inputs(
                 f"input {name} has element type {array.dtype}; the reference interpreter takes "
                 "real floating-point, integer or boolean arrays"
             )
-        if decl.dtype not in _FLOAT_DTYPES and array.dtype.kind == "f":
+        if not (decl.dtype and decl.dtype.is_float) and array.dtype.kind == "f":
             declared_type = decl.dtype.value if decl.dtype else "?"
             raise ExecutionError(
                 f"input {name} is declared {declared_type} but holds floating-point values"
             )
         arrays[name] = array
-    floats = [arrays[n] for n, d in declared.items() if d.dtype in _FLOAT_DTYPES]
+    floats = [arrays[n] for n, d in declared.items() if d.dtype and d.dtype.is_float]
     dtype = np.dtype(np.float64 if any(a.dtype == np.float64 for a in floats) else np.float32)
     for name, decl in declared.items():
-        if decl.dtype in _FLOAT_DTYPES:
+        if decl.dtype and decl.dtype.is_float:
             arrays[name] = arrays[name].astype(dtype, copy=False)
     return arrays, dtype
 
@@ -157,9 +152,13 @@ class _Run:
         ]
         self.tensors[einsum.tensor] = np.full(shape, np.nan, dtype=self.dtype)
         if einsum.init is not None:
-            zero = tuple(sympy.Integer(0) if iteration_successor(i) else i for i in einsum.indices)
             start = replace(
-                einsum, indices=zero, expr=einsum.init, init=None, reduce=None, filter=None
+                einsum,
+                indices=einsum.init_indices,
+                expr=einsum.init,
+                init=None,
+                reduce=None,
+                filter=None,
             )
             self.write(start, {})
 
