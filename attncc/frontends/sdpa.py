@@ -29,6 +29,7 @@ from attncc.ir import (
     Size,
     as_index,
     index_symbol,
+    product,
     product_factors,
     walk,
 )
@@ -100,10 +101,7 @@ def _constant_factor(expr: Expr) -> Expr | None:
     constants = [f for f in factors if not isinstance(f, Access)]
     if any(_reads_data(f) for f in constants):
         return None
-    product: Expr = Const(1.0)
-    for factor in constants:
-        product = Call("mul", (product, factor))
-    return product
+    return product([Const(1.0), *constants])
 
 
 def _reads_data(expr: Expr) -> bool:

@@ -166,6 +166,14 @@ def sizes_used(expr: Expr) -> frozenset[str]:
     return frozenset(found)
 
 
+def product(factors: list[Expr]) -> Expr:
+    """The product of `factors`, left to right (the inverse of `product_factors`)."""
+    result = factors[0]
+    for factor in factors[1:]:
+        result = Call("mul", (result, factor))
+    return result
+
+
 def product_factors(expr: Expr) -> list[Expr]:
     """The factors of a product tree, in order (a lone expression is a product of one)."""
     if isinstance(expr, Call) and expr.op == "mul":

@@ -24,11 +24,12 @@ from attncc.ir import (
     format_expr,
     index_symbol,
     map_expressions,
+    product,
     product_factors,
     tensors_read,
     walk,
 )
-from attncc.passes.folding import is_constant, product, times
+from attncc.passes.folding import is_constant, times
 from attncc.passes.names import fresh_name, taken_names
 
 LOG2_E = 1.4426950408889634

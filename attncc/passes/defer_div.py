@@ -21,6 +21,7 @@ from attncc.ir import (
     ReduceOp,
     format_expr,
     indices_used,
+    product,
     product_factors,
     substitute,
 )
@@ -103,7 +104,7 @@ def _rewrite(
     numerator = Einsum(
         tensor=fresh_name(base, taken),
         indices=consumer.indices,
-        expr=_product(factors),
+        expr=product(factors),
         reduce=ReduceOp.SUM,
         span=consumer.span,
     )
@@ -114,10 +115,3 @@ def _rewrite(
     if quotient in live_tensors(rewritten):
         return rewritten
     return replace(rewritten, einsums=tuple(e for e in einsums if e.tensor != quotient))
-
-
-def _product(factors: list[Expr]) -> Expr:
-    result = factors[0]
-    for factor in factors[1:]:
-        result = Call("mul", (result, factor))
-    return result

@@ -29,6 +29,7 @@ from attncc.ir import (
     Size,
     evaluate_size,
     map_expressions,
+    product,
     product_factors,
     walk,
 )
@@ -70,13 +71,6 @@ def _is(expr: Expr, value: float) -> bool:
         and expr.value == value
         and math.copysign(1.0, expr.value) == math.copysign(1.0, value)
     )
-
-
-def product(factors: list[Expr]) -> Expr:
-    result = factors[0]
-    for factor in factors[1:]:
-        result = Call("mul", (result, factor))
-    return result
 
 
 def times(expr: Expr, constant: float) -> Expr:
