@@ -103,6 +103,10 @@ def test_generated_cascades_run(data: st.DataObject) -> None:
     # Temporaries too: a difference is easier to read where it starts than at the output.
     for einsum in cascade.einsums:
         name = einsum.tensor
+        if high[name].dtype.kind in "iub":
+            # Integer and boolean temporaries (coordinates, predicates) are exact in both.
+            np.testing.assert_array_equal(low[name], high[name])
+            continue
         assert high[name].dtype == np.float64 and low[name].dtype == np.float32
         assert_close_where_finite(low[name], high[name], scale)
 

@@ -63,7 +63,8 @@ def interpret(
 ) -> dict[str, np.ndarray]:
     """Run `cascade` on `inputs` (arrays in each input's declared rank order).
 
-    Floating-point inputs are computed in float64 if any is float64, else in float32. Sizes
+    Floating-point inputs are computed in float64 if any is float64, else in float32; integer
+    and boolean temporaries stay exact (document ids, predicates). Sizes
     not fixed by the cascade come from the inputs' shapes and from `sizes`. Returns the outputs,
     or every tensor when `keep_temporaries` (running tensors have one extra entry, coordinate 0,
     along their iterative rank).
@@ -75,6 +76,10 @@ def interpret(
     with np.errstate(all="ignore"):
         for step in execution_order(cascade):
             run.step(step)
+    for decl in cascade.outputs:
+        # An output declared floating point is one, even when it holds integers (coordinates).
+        if decl.dtype and decl.dtype.is_float:
+            run.tensors[decl.name] = run.tensors[decl.name].astype(dtype)
     names = run.tensors.keys() if keep_temporaries else cascade.output_names()
     return {name: run.tensors[name] for name in names}
 
