@@ -20,9 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from attncc.analysis.dot import to_dot, write_dot
-from attncc.analysis.passes import count_passes
-from attncc.analysis.report import analyze, format_report, max_passes, report_json
+from attncc.analysis import (
+    analyze,
+    count_passes,
+    format_report,
+    max_passes,
+    report_json,
+    to_dot,
+    write_dot,
+)
 from attncc.backends.numpy.reference import interpret
 from attncc.config import config
 from attncc.differential import check_equivalent, random_inputs

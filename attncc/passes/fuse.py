@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from attncc.analysis.passes import Placement, RankPasses, analyze_passes, count_passes
+from attncc.analysis import Placement, RankPasses, analyze_passes, count_passes
 from attncc.ir import Cascade, execution_order
 from attncc.passes.base import CascadePass, PassResult
 from attncc.passes.registry import register
