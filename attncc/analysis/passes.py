@@ -216,11 +216,15 @@ def _witness(
     links: list[Link] = []
     visited = {consumer.tensor}
     while True:
-        causes = [
-            (producer, *_earliest(cascade, producer, consumer, var, time)[1:])
+        earliest = [
+            (producer, _earliest(cascade, producer, consumer, var, time))
             for producer in _producers(cascade, graph, consumer)
-            if _earliest(cascade, producer, consumer, var, time)[0] == time[consumer.tensor]
-            and producer.tensor not in visited
+            if producer.tensor not in visited
+        ]
+        causes = [
+            (producer, new_pass, reason)
+            for producer, (needed, new_pass, reason) in earliest
+            if needed == time[consumer.tensor]
         ]
         if not causes:
             return tuple(reversed(links))

@@ -37,7 +37,7 @@ from attncc.ir import (
 )
 from attncc.passes.base import CascadePass, PassResult
 from attncc.passes.base2 import fold_scales, to_exp2
-from attncc.passes.dce import live_tensors
+from attncc.passes.dce import DeadCodeElimination
 from attncc.passes.folding import concrete_sizes, fold_expr, map_cascade
 from attncc.passes.registry import register
 
@@ -127,8 +127,6 @@ def _eliminate_common(cascade: Cascade, remarks: list[str]) -> Cascade:
 
 
 def _eliminate_dead(cascade: Cascade, remarks: list[str]) -> Cascade:
-    live = live_tensors(cascade)
-    dead = [e.tensor for e in cascade.einsums if e.tensor not in live]
-    if dead:
-        remarks.append(f"dce: removed {', '.join(dead)}: no output depends on them")
-    return replace(cascade, einsums=tuple(e for e in cascade.einsums if e.tensor in live))
+    result = DeadCodeElimination().apply(cascade)
+    remarks += [f"dce: {remark}" for remark in result.remarks]
+    return result.cascade
