@@ -4,7 +4,15 @@ Other packages import from here, not from the private modules, so the IR can be 
 without touching its users.
 """
 
-from attncc.ir.cascade import Cascade, DType, Partition, Rank, Role, TensorDecl
+from attncc.ir.cascade import (
+    BlockSparse,
+    Cascade,
+    DType,
+    Partition,
+    Rank,
+    Role,
+    TensorDecl,
+)
 from attncc.ir.einsum import Einsum, Filter, ReduceOp, iteration_successor, map_expressions
 from attncc.ir.expr import (
     OPS,
@@ -45,6 +53,7 @@ from attncc.ir.verifier import diagnose, verify
 __all__ = [
     "OPS",
     "Access",
+    "BlockSparse",
     "Call",
     "Cascade",
     "Const",

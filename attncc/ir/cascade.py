@@ -70,6 +70,28 @@ class Partition:
 
 
 @dataclass(frozen=True)
+class BlockSparse:
+    """`sparse S[m1, p // 64]`: tiles of key tile `m1` by `query_tile` queries where the mask
+    of S (its filter) is false everywhere are skipped by every Einsum that iterates over both
+    `key_tiles` and `query`: reductions leave them out and running updates keep their value.
+    The `block-sparse` pass adds it after proving that skipping changes no result."""
+
+    tensor: str
+    key_tiles: str
+    query: str
+    query_tile: sympy.Expr
+    span: SourceSpan | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key_tile_index(self) -> str:
+        return index_name(self.key_tiles)
+
+    @property
+    def query_index(self) -> str:
+        return index_name(self.query)
+
+
+@dataclass(frozen=True)
 class TensorDecl:
     """A tensor's ordered ranks (its layout), element type and role.
 
@@ -91,6 +113,7 @@ class Cascade:
     inputs: tuple[TensorDecl, ...]
     outputs: tuple[TensorDecl, ...]
     einsums: tuple[Einsum, ...]
+    sparse: tuple[BlockSparse, ...] = ()
 
     def all_ranks(self) -> tuple[Rank, ...]:
         """Declared ranks followed by the outer ranks the partitions introduce."""

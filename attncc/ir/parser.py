@@ -18,10 +18,17 @@ import lark
 import sympy
 
 from attncc.errors import ParseError, SourceSpan
-from attncc.ir.cascade import Cascade, DType, Partition, Rank, Role, TensorDecl
+from attncc.ir.cascade import BlockSparse, Cascade, DType, Partition, Rank, Role, TensorDecl
 from attncc.ir.einsum import Einsum, Filter, ReduceOp
 from attncc.ir.expr import INFIX_BY_SYMBOL, OPS, Access, Call, Const, Coord, Expr, Size
-from attncc.ir.indexing import floordiv, format_index, index_symbol, size_symbol
+from attncc.ir.indexing import (
+    division_operands,
+    floordiv,
+    format_index,
+    index_symbol,
+    index_vars,
+    size_symbol,
+)
 
 _TERMINAL_NAMES = {
     "NAME": "a name",
@@ -167,6 +174,7 @@ class _Resolver:
         partitions: list[Partition] = []
         decls: dict[Role, list[TensorDecl]] = {Role.INPUT: [], Role.OUTPUT: []}
         einsums: list[Einsum] = []
+        sparse: list[BlockSparse] = []
         inits: list[tuple[lark.Tree, Access, Expr]] = []
         for statement in tree.children:
             kind = statement.data
@@ -182,6 +190,8 @@ class _Resolver:
             elif kind == "tensor_decl":
                 decl = self.tensor_decl(statement)
                 decls[decl.role].append(decl)
+            elif kind == "sparse_decl":
+                sparse.append(self.sparse(statement))
             elif self.is_init(statement):
                 inits.append((statement, self.access(statement.children[0]), self.init(statement)))
             else:
@@ -195,6 +205,23 @@ class _Resolver:
             inputs=tuple(decls[Role.INPUT]),
             outputs=tuple(decls[Role.OUTPUT]),
             einsums=tuple(einsums),
+            sparse=tuple(sparse),
+        )
+
+    def sparse(self, statement: lark.Tree) -> BlockSparse:
+        """`sparse S[m1, p // 64]`: the key tile index, then the query index over its tile."""
+        access = self.access(statement.children[0])
+        usage = f"write sparse {access.tensor}[m1, p // 64]: a key tile index, then queries // tile"
+        if len(access.indices) != 2 or not access.indices[0].is_Symbol:
+            raise self.error(usage, statement)
+        key, query = access.indices
+        tile: sympy.Expr = sympy.Integer(1)
+        if isinstance(query, sympy.floor):
+            query, tile = division_operands(query)
+        if not (query.is_Symbol and index_vars(query)) or index_vars(tile):
+            raise self.error(usage, statement)
+        return BlockSparse(
+            access.tensor, str(key).upper(), str(query).upper(), tile, self.span(statement)
         )
 
     def rank_name(self, token: lark.Token | lark.Tree) -> str:

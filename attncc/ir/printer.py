@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
-from attncc.ir.cascade import Cascade, Partition, Rank, TensorDecl
+import sympy
+
+from attncc.ir.cascade import BlockSparse, Cascade, Partition, Rank, TensorDecl
 from attncc.ir.einsum import Einsum, ReduceOp
 from attncc.ir.expr import OPS, Access, Call, Const, Coord, Expr, Size
-from attncc.ir.indexing import format_index, index_name
+from attncc.ir.indexing import format_index, index_name, index_symbol
 from attncc.ir.parser import format_access, reduction_prefix
 
 _ATOM = 100
@@ -107,12 +109,18 @@ def _format_decl(decl: TensorDecl) -> str:
     return f"{decl.role.value} {decl.name}[{indices}]{dtype}"
 
 
+def _format_sparse(sparse: BlockSparse) -> str:
+    query = format_index(sympy.floor(index_symbol(sparse.query_index) / sparse.query_tile))
+    return f"sparse {sparse.tensor}[{sparse.key_tile_index},{query}]"
+
+
 def print_cascade(cascade: Cascade) -> str:
     lines = [f"cascade {cascade.name}"]
     if cascade.ranks:
         lines.append("rank " + ", ".join(_format_rank(r) for r in cascade.ranks))
     lines += [_format_partition(p) for p in cascade.partitions]
     lines += [_format_decl(d) for d in cascade.inputs + cascade.outputs]
+    lines += [_format_sparse(s) for s in cascade.sparse]
     lines.append("")
     lines += [format_einsum(e) for e in cascade.einsums]
     return "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ def rename_tensors(cascade: Cascade, names: Mapping[str, str]) -> Cascade:
         inputs=tuple(replace(d, name=names.get(d.name, d.name)) for d in cascade.inputs),
         outputs=tuple(replace(d, name=names.get(d.name, d.name)) for d in cascade.outputs),
         einsums=tuple(einsum(e) for e in cascade.einsums),
+        sparse=tuple(replace(s, tensor=names.get(s.tensor, s.tensor)) for s in cascade.sparse),
     )
 
 

@@ -16,6 +16,9 @@ It checks, and reports every violation it finds (not just the first):
   update has one, and it does not run over a partition's inner rank; the initial value uses
   only the left side's other variables;
 - outputs: each is written, by an Einsum whose left side has the declared ranks;
+- block sparsity (`sparse S[m1, p // T]`): S is written by an Einsum with a filter whose
+  iteration space holds m1, the inner index of m1's partition and p; the filter reads no other
+  index; T is a positive integer or a size;
 - dependencies: no cycle, except running updates that read their previous iteration, and such
   a cycle runs over a single iterative rank.
 Each diagnostic names the Einsum (with its source line when parsed), the tensor and the rank.
@@ -29,7 +32,7 @@ import networkx as nx
 import sympy
 
 from attncc.errors import Diagnostic, SourceSpan, VerifyError
-from attncc.ir.cascade import Cascade
+from attncc.ir.cascade import BlockSparse, Cascade
 from attncc.ir.einsum import Einsum, iteration_successor
 from attncc.ir.expr import Access, indices_used, sizes_used
 from attncc.ir.graph import dependency_graph, uncarried
@@ -53,6 +56,8 @@ def diagnose(cascade: Cascade) -> list[Diagnostic]:
         found.extend(_check_einsum(cascade, einsum, written))
         written.add(einsum.tensor)
     found.extend(_check_outputs(cascade))
+    for sparse in cascade.sparse:
+        found.extend(_check_sparse(cascade, sparse))
     if not found:
         found.extend(_check_dependencies(cascade))
     return found
@@ -378,6 +383,34 @@ def _check_outputs(cascade: Cascade) -> Iterator[Diagnostic]:
                 f"[{', '.join(decl.ranks)}]",
                 tensor=decl.name,
             )
+
+
+def _check_sparse(cascade: Cascade, sparse: BlockSparse) -> Iterator[Diagnostic]:
+    where = f"sparse {sparse.tensor}"
+
+    def problem(message: str, rank: str | None = None) -> Diagnostic:
+        return Diagnostic(f"{where}: {message}", sparse.span, tensor=sparse.tensor, rank=rank)
+
+    writer = cascade.writer(sparse.tensor)
+    if writer is None or writer.filter is None:
+        yield problem(f"{sparse.tensor} must be written by an Einsum with a filter (the mask)")
+        return
+    part = next((p for p in cascade.partitions if p.outer == sparse.key_tiles), None)
+    if part is None:
+        yield problem(f"{sparse.key_tiles} is not the outer rank of a partition", sparse.key_tiles)
+        return
+    needed = {sparse.key_tile_index, part.inner.lower(), sparse.query_index}
+    for var in sorted(needed - writer.space):
+        yield problem(f"{sparse.tensor} does not iterate over {var}", _rank_name(cascade, var))
+    for var in sorted(indices_used(writer.filter.predicate) - needed):
+        yield problem(
+            f"the mask of {sparse.tensor} reads index {var}; a block-sparse mask may read only "
+            f"{', '.join(sorted(needed))}",
+            _rank_name(cascade, var),
+        )
+    tile = sparse.query_tile
+    if (tile.is_Integer and tile < 1) or not (tile.is_Integer or size_names(tile)):
+        yield problem(f"the query tile {tile} is not a positive integer or a size")
 
 
 def _check_dependencies(cascade: Cascade) -> Iterator[Diagnostic]:
