@@ -5,15 +5,21 @@ attncc check FILE|NAME ...                        verify; located errors, exit s
 attncc run FILE|NAME --shapes E=64,M=512,... [--seed N] [--dtype f64|f32]
 attncc analyze FILE|NAME [--rank M] [--shapes ...] [--json] [--dot graph.dot]
 attncc opt FILE|NAME --passes PIPELINE [--print-ir-after-all] [--check] [-o out.ein]
+attncc masks NAME [--shape 64x64] [--tile 64|QxK] [-O key=value ...] [--png out.png]
+                                                  a mask's tile classes, as text or a picture
 attncc demo                                       the built-in end-to-end example
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
+import math
 import sys
+import textwrap
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -29,14 +35,17 @@ from attncc.analysis import (
     to_dot,
     write_dot,
 )
+from attncc.analysis.sparsity import classify_tiles
+from attncc.analysis.tile_picture import write_png
 from attncc.backends.numpy.reference import interpret
 from attncc.config import config
 from attncc.differential import check_equivalent, random_inputs
 from attncc.errors import AttnccError, VerifyError
 from attncc.frontends.library import attention_3pass
 from attncc.frontends.loader import load
+from attncc.frontends.masks import MASKS
 from attncc.frontends.sdpa import match_sdpa, sdpa_reference
-from attncc.ir import Cascade, bind_sizes, parse, print_cascade
+from attncc.ir import Cascade, Expr, bind_sizes, parse, print_cascade
 from attncc.passes import PIPELINES, PassManager, parse_pipeline, run_pipeline
 
 
@@ -217,6 +226,197 @@ def _passes_line(cascade: Cascade, rank: str) -> str:
     return f"passes over {rank}: {result.passes}{why}"
 
 
+# -- attncc masks: a mask's tile classes. -------------------------------------------------------
+
+DEFAULT_MASK_LENGTH = 1024
+MAX_TILES = 1 << 24
+DATA_OPTIONS: dict[str, dict[str, object]] = {
+    "document": {"docs": 4},
+    "block_table": {"seed": 0, "keep": 0.3},
+}
+"""Options of the data the CLI makes up for data masks (not options of the mask functions)."""
+
+MASKS_EPILOG = f"""\
+{textwrap.fill("masks: " + ", ".join(MASKS), 88, subsequent_indent="  ")}
+
+-O values: 7 or true; 7x7 or 3,3 or true,false (one per axis); 0:1,2:2 (a list of
+(query block, key block) pairs, for pairs and random_pairs). --shape gives the grid of
+shape masks (64x64, 8x32x32) and the length of length masks; other masks use the product
+(default {DEFAULT_MASK_LENGTH}).
+
+data masks read made-up tensors:
+  document     -O docs=4: docs equal-length documents, ids 0..docs-1 in order, the same
+               array for the key and the query ids
+  block_table  -O seed=0 -O keep=0.3: a random table, each block pair kept with
+               probability keep
+
+examples:
+  attncc masks causal --shape 256 --tile 64
+  attncc masks neighborhood_2d --shape 64x64 -O kernel=7x7 --png na2d.png
+  attncc masks bigbird --shape 4096 -O block=64 -O window_blocks=3 -O global_blocks=1
+"""
+
+
+def _positive_ints(text: str, what: str, example: str) -> tuple[int, ...]:
+    """`64`, `64x64` or `8x32x32` as a tuple of positive integers."""
+    parts = [part.strip() for part in text.lower().split("x")]
+    if not all(part.isascii() and part.isdigit() and int(part) > 0 for part in parts):
+        raise AttnccError(f"{what} {text}: expected positive integers joined by x, e.g. {example}")
+    return tuple(int(part) for part in parts)
+
+
+def _mask_value(text: str) -> object:
+    """A mask option value: `0:1,2:2` a list of pairs, `7x7`, `3,3` or `true,false` a tuple
+    (one value per axis), anything else as a library option value."""
+    if ":" in text:
+        pairs = []
+        for item in text.split(","):
+            first, _, second = (part.strip() for part in item.partition(":"))
+            try:
+                pairs.append((int(first), int(second)))
+            except ValueError:
+                raise AttnccError(
+                    f"bad pair {item!r} in {text!r}: expected QUERY_BLOCK:KEY_BLOCK, e.g. 0:1,2:2"
+                ) from None
+        return pairs
+    parts = text.split("x")
+    if len(parts) == 1 or not all(part.strip().isdigit() for part in parts):
+        parts = text.split(",")
+    if len(parts) > 1:
+        return tuple(_option_value(part.strip()) for part in parts)
+    return _option_value(text)
+
+
+def parse_mask_options(items: Sequence[str]) -> dict[str, object]:
+    """`-O kernel=7x7 -O causal=true` as keyword options for a mask of the mask library."""
+    return {key: _mask_value(text) for key, text in _pairs(items, "-O").items()}
+
+
+def _grid_rank(function: typing.Callable[..., Expr]) -> int | None:
+    """How many axes a mask's `shape` has, from its annotation (`tuple[int, int]`: 2)."""
+    try:
+        hint = typing.get_type_hints(function).get("shape")
+    except (NameError, TypeError):
+        return None
+    return len(typing.get_args(hint)) or None
+
+
+def _shape_arguments(name: str, shape: tuple[int, ...] | None) -> dict[str, object]:
+    """`shape` (a grid) or `length` (a sequence) for a mask that takes one, from --shape."""
+    function = MASKS[name]
+    parameters = inspect.signature(function).parameters
+    if "shape" in parameters:
+        rank = _grid_rank(function)
+        if shape is None or (rank is not None and len(shape) != rank):
+            example = "8x32x32" if rank == 3 else "64x64"
+            got = f", got {'x'.join(map(str, shape))}" if shape else ""
+            raise AttnccError(
+                f"mask {name} lays tokens on a {rank or 'multi'}-D grid: give --shape, e.g. "
+                f"--shape {example}{got}"
+            )
+        return {"shape": shape}
+    if "length" in parameters:
+        if shape is not None and len(shape) != 1:
+            raise AttnccError(f"mask {name} works on a sequence: give --shape LENGTH, e.g. 4096")
+        return {"length": shape[0] if shape else DEFAULT_MASK_LENGTH}
+    return {}
+
+
+def build_mask(
+    name: str, options: Mapping[str, object], shape: tuple[int, ...] | None
+) -> tuple[Expr, dict[str, np.ndarray], tuple[int, ...]]:
+    """The predicate of library mask `name`, the tensors it reads and the shape it covers."""
+    if name not in MASKS:
+        raise AttnccError(f"unknown mask {name!r}; the masks are {', '.join(MASKS)}")
+    function = MASKS[name]
+    parameters = inspect.signature(function).parameters
+    data_options = DATA_OPTIONS.get(name, {})
+    settings = {**data_options, **{k: v for k, v in options.items() if k in data_options}}
+    kwargs = {k: v for k, v in options.items() if k not in data_options}
+    for given in ("shape", "length"):
+        if given in kwargs:
+            raise AttnccError(f"{name}: give the {given} with --shape, not with -O {given}=...")
+    accepted = [p for p in parameters if p not in ("shape", "length")] + list(data_options)
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        takes = f"its options are {', '.join(accepted)}" if accepted else "it takes no options"
+        raise AttnccError(f"mask {name} has no option {', '.join(unknown)}; {takes}")
+    kwargs.update(_shape_arguments(name, shape))
+    shape = shape or (DEFAULT_MASK_LENGTH,)
+    missing = [p.name for p in parameters.values() if p.default is p.empty and p.name not in kwargs]
+    if missing:
+        raise AttnccError(f"mask {name} needs {' '.join(f'-O {m}=...' for m in missing)}")
+    try:
+        predicate = function(**kwargs)
+    except (TypeError, ValueError) as error:
+        reason = str(error).removeprefix(f"{name}: ")
+        raise AttnccError(f"bad option for mask {name}: {reason}") from None
+    arguments = inspect.signature(function).bind(**kwargs)
+    arguments.apply_defaults()
+    return predicate, _mask_data(name, arguments.arguments, settings, math.prod(shape)), shape
+
+
+def _mask_data(
+    name: str, arguments: Mapping[str, object], settings: Mapping[str, object], n: int
+) -> dict[str, np.ndarray]:
+    """Made-up tensors for a data mask over n positions (see MASKS_EPILOG)."""
+
+    def number(key: str, low: int, high: int, integer: bool = True) -> float:
+        value = settings[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (integer and not isinstance(value, int))
+            or not low <= value <= high
+        ):
+            kind = "an integer" if integer else "a number"
+            raise AttnccError(
+                f"bad option for mask {name}: {key} must be {kind} in [{low}, {high}]"
+            )
+        return value
+
+    if name == "document":
+        docs = int(number("docs", 1, n))
+        ids = np.arange(n, dtype=np.int64) * docs // n
+        return {str(arguments["key_ids"]): ids, str(arguments["query_ids"]): ids}
+    if name == "block_table":
+        rng = np.random.default_rng(int(number("seed", 0, 2**63 - 1)))
+        blocks = -(-n // typing.cast(int, arguments["block"]))
+        table = rng.random((blocks, blocks)) < number("keep", 0, 1, integer=False)
+        return {str(arguments["tensor"]): table.astype(np.int8)}
+    return {}
+
+
+def _masks(args: argparse.Namespace) -> int:
+    shape = _positive_ints(args.shape, "--shape", "4096 or 64x64") if args.shape else None
+    tiles = _positive_ints(args.tile, "--tile", "64 or 128x64")
+    if len(tiles) > 2:
+        raise AttnccError(f"--tile {args.tile}: give one tile size or QUERYxKEY, e.g. 128x64")
+    query_tile, key_tile = tiles if len(tiles) == 2 else tiles * 2
+    if args.max_tiles < 1:
+        raise AttnccError(f"--max-tiles {args.max_tiles}: must be positive")
+    predicate, data, shape = build_mask(args.name, parse_mask_options(args.option), shape)
+    n = math.prod(shape)
+    if (-(-n // query_tile)) * (-(-n // key_tile)) > MAX_TILES:
+        raise AttnccError(
+            f"{n} positions in tiles of {query_tile}x{key_tile} make too many "
+            "tiles; use a larger --tile"
+        )
+    tile_map = classify_tiles(
+        predicate, key_len=n, query_len=n, key_tile=key_tile, query_tile=query_tile, data=data
+    )
+    print(tile_map.to_string(args.max_tiles))
+    if not tile_map.exact:
+        print("note: the data only bounds some tiles; they are shown PARTIAL", file=sys.stderr)
+    if args.png:
+        title = (
+            f"{args.name}, shape {'x'.join(map(str, shape))}, tile {query_tile}x{key_tile}, "
+            f"density {tile_map.density:.4f}"
+        )
+        print(f"picture written to {write_png(tile_map, args.png, title)}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attncc", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -256,6 +456,23 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--check", action="store_true", help="compare with the input by running")
     opt.add_argument("-o", "--output", help="write the result here instead of stdout")
     opt.set_defaults(handler=_opt)
+    masks = commands.add_parser(
+        "masks",
+        help="a mask's tiles: which are empty, partial or full (text, or --png)",
+        epilog=MASKS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    masks.add_argument("name", help="a mask of the mask library (listed below)")
+    masks.add_argument("--shape", help="sequence length or grid, e.g. 4096 or 64x64 or 8x32x32")
+    masks.add_argument("--tile", default="64", help="tile size, or QUERYxKEY (default 64)")
+    masks.add_argument(
+        "-O", "--option", action="append", default=[], help="mask option, e.g. kernel=7x7"
+    )
+    masks.add_argument("--png", help="also draw the tile classes into this PNG file")
+    masks.add_argument(
+        "--max-tiles", type=int, default=64, help="widest text picture, in tiles (default 64)"
+    )
+    masks.set_defaults(handler=_masks)
     commands.add_parser("demo", help="the built-in end-to-end example").set_defaults(handler=_demo)
     return parser
 

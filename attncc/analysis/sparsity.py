@@ -124,7 +124,7 @@ class TileMap:
     def to_string(self, max_tiles: int = 64) -> str:
         """One row per query tile: `█` FULL, `░` PARTIAL, blank EMPTY (two characters a tile,
         like FlexAttention's BlockMask.to_string); large maps are shown at a coarser step,
-        a cell taking the densest class it covers."""
+        a cell FULL or EMPTY when every tile it covers is, else PARTIAL."""
         step = max(1, -(-max(self.classes.shape) // max_tiles))
         rows = []
         for i in range(0, self.classes.shape[0], step):
@@ -375,6 +375,9 @@ class _Context:
                 touched |= cluster[0]
             clusters.append((touched, [a for c in merged for a in c[1]] + [arg]))
         both = isinstance(node, And)
+        if len(clusters) > 1 and any("*" in touched for touched, _ in clusters):
+            # Data atoms read positions too: beside position atoms they are not independent.
+            self.exact = False
         parts = []
         for touched, args in clusters:
             group: Formula = (And if both else Or)(tuple(args)) if len(args) > 1 else args[0]

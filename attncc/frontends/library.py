@@ -4,7 +4,8 @@ Attention cascades follow FuseMax (MICRO 2024) with Q[e,p], K[e,m], V[f,m]: P is
 sequence, M the key/value sequence, E and F the head dimensions. `batched` adds batch and head
 ranks in front (Q[b,h,e,p]); `gqa_group` makes `gqa_group` query heads share one key/value
 head (K[b,g,e,m] read as K[b,h//R,e,m]). `causal` masks key m from query p unless m <= p
-(scaled_dot_product_attention's is_causal). Sizes left as None stay symbolic.
+(scaled_dot_product_attention's is_causal); `mask` is any predicate over key position m and
+query position p (`attncc.frontends.masks`). Sizes left as None stay symbolic.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from attncc.frontends.builder import (
     rsqrt,
     select,
 )
-from attncc.ir import Cascade
+from attncc.ir import Call, Cascade, Expr, substitute
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,17 @@ def _attention(
     )
 
 
-def _causal(causal: bool, key: Index, query: Index) -> dict[str, Any]:
-    """The `let` options that hide key `key` from query `query` unless key <= query."""
-    return {"where": key <= query, "fill": -math.inf} if causal else {}
+def _masked(causal: bool, mask: Expr | None, key: Index, query: Index) -> dict[str, Any]:
+    """The `let` options that hide key `key` from query `query` where `mask` (a predicate
+    over key position m and query position p, see attncc.frontends.masks) is false, and
+    unless key <= query when `causal`."""
+    conditions = [substitute(mask, {"m": key.expr, "p": query.expr})] if mask is not None else []
+    if causal:
+        conditions.insert(0, (key <= query).expr)
+    if not conditions:
+        return {}
+    where = conditions[0] if len(conditions) == 1 else Call("and", tuple(conditions))
+    return {"where": Value(where), "fill": -math.inf}
 
 
 def attention_3pass(
@@ -117,6 +126,7 @@ def attention_3pass(
     value_dim: int | None = None,
     scale: float | None = None,
     causal: bool = False,
+    mask: Expr | None = None,
     batched: bool = False,
     gqa_group: int | None = None,
 ) -> Cascade:
@@ -130,7 +140,7 @@ def attention_3pass(
         gqa_group=gqa_group,
     )
     b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
-    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_causal(causal, m, p))
+    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_masked(causal, mask, m, p))
     GM = b.let("GM", [*h, p], QK[(*h, m, p)], reduce="max")
     SN = b.let("SN", [*h, m, p], exp(QK[(*h, m, p)] - GM[(*h, p)]))
     SD = b.let("SD", [*h, p], SN[(*h, m, p)])
@@ -145,6 +155,7 @@ def attention_2pass(
     value_dim: int | None = None,
     scale: float | None = None,
     causal: bool = False,
+    mask: Expr | None = None,
     batched: bool = False,
     gqa_group: int | None = None,
 ) -> Cascade:
@@ -159,7 +170,7 @@ def attention_2pass(
         gqa_group=gqa_group,
     )
     b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
-    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_causal(causal, m, p))
+    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_masked(causal, mask, m, p))
     GM = b.let("GM", [*h, p], QK[(*h, m, p)], reduce="max")
     SN = b.let("SN", [*h, m, p], exp(QK[(*h, m, p)] - GM[(*h, p)]))
     SD = b.let("SD", [*h, p], SN[(*h, m, p)])
@@ -175,6 +186,7 @@ def attention_1pass(
     tile: int | None = 64,
     scale: float | None = None,
     causal: bool = False,
+    mask: Expr | None = None,
     batched: bool = False,
     gqa_group: int | None = None,
 ) -> Cascade:
@@ -197,7 +209,9 @@ def attention_1pass(
 
     BK = b.let("BK", [*kv, e, m1, m0], a.k[(*kv, e, key)])
     BV = b.let("BV", [*kv, f, m1, m0], a.v[(*kv, f, key)])
-    BQK = b.let("BQK", [*h, m1, m0, p], a.scores(BK[(*hk, e, m1, m0)]), **_causal(causal, key, p))
+    BQK = b.let(
+        "BQK", [*h, m1, m0, p], a.scores(BK[(*hk, e, m1, m0)]), **_masked(causal, mask, key, p)
+    )
     LM = b.let("LM", [*h, m1, p], BQK[(*h, m1, m0, p)], reduce="max")
     RM, RD, RNV = TensorRef("RM"), TensorRef("RD"), TensorRef("RNV")
     b.let("RM", [*h, m1 + 1, p], maximum(RM[(*h, m1, p)], LM[(*h, m1, p)]), init=-math.inf)

@@ -3,7 +3,15 @@
 Importing this package registers every pass (each module registers its own).
 """
 
-from attncc.passes import canonicalize, dce, defer_div, fuse, partition, running_reduce
+from attncc.passes import (
+    block_sparse,
+    canonicalize,
+    dce,
+    defer_div,
+    fuse,
+    partition,
+    running_reduce,
+)
 from attncc.passes.base import CascadePass, PassResult
 from attncc.passes.manager import PassManager, PassRecord, run_pipeline
 from attncc.passes.registry import PASSES, PIPELINES, parse_pipeline
@@ -15,6 +23,7 @@ __all__ = [
     "PassManager",
     "PassRecord",
     "PassResult",
+    "block_sparse",
     "canonicalize",
     "dce",
     "defer_div",

@@ -6,7 +6,9 @@ NumPy broadcasting: every index variable is an axis, every subexpression a `Fiel
 some of the axes. Points outside the iteration domain (past the end of a partitioned rank, or
 rejected by the filter) take no part in reductions; output points with none left take the
 filter's fill. Running updates are loops over their iterative rank, and Einsums that read each
-other's previous iteration step together (see `attncc.ir.graph`).
+other's previous iteration step together (see `attncc.ir.graph`). In a block-sparse cascade
+(`sparse S[m1, p // T]`) the tiles S's mask hides are outside the domain of every Einsum over
+m1 and p, and running updates over m1 keep their value through them.
 
 Sums of products are contracted with `np.einsum` instead of materializing the product over the
 whole space; that is the only shortcut, and it applies only where it is exact.
@@ -21,10 +23,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from attncc.analysis.block_sparse import tile_map
+from attncc.analysis.sparsity import TileClass
 from attncc.backends.numpy.ops import MAP_OPS, REDUCE_OPS
 from attncc.errors import ExecutionError
 from attncc.ir import (
     Access,
+    BlockSparse,
     Call,
     Cascade,
     Const,
@@ -40,6 +45,7 @@ from attncc.ir import (
     format_index,
     index_name,
     index_vars,
+    iteration_successor,
     product_factors,
     verify,
 )
@@ -131,6 +137,7 @@ class _Run:
         self.sizes = sizes
         self.dtype = dtype
         self.tensors: dict[str, np.ndarray] = dict(inputs)
+        self.tiles: dict[BlockSparse, np.ndarray] = {}
 
     def extent(self, var: str) -> int:
         rank = self.cascade.rank_of_index(var)
@@ -172,7 +179,29 @@ class _Run:
             int(evaluate_index(i, fixed)) if index_vars(i) <= fixed.keys() else slice(None)
             for i in einsum.indices
         )
-        self.tensors[einsum.tensor][target] = self.evaluate(einsum, fixed)
+        values = self.evaluate(einsum, fixed)
+        for sparse in self.cascade.sparse:
+            var = sparse.key_tile_index
+            if einsum.iterative_index == var and sparse.query_index in einsum.space:
+                # A running update keeps its value through the tiles the mask hides.
+                before = tuple(
+                    t - 1 if isinstance(t, int) and iteration_successor(i) == var else t
+                    for i, t in zip(einsum.indices, target, strict=True)
+                )
+                lhs = [v for i in einsum.indices for v in sorted(index_vars(i)) if v not in fixed]
+                shape = [-1 if v == sparse.query_index else 1 for v in lhs]
+                keep = self.active(sparse)[fixed[var]].reshape(shape)
+                values = np.where(keep, values, self.tensors[einsum.tensor][before])
+        self.tensors[einsum.tensor][target] = values
+
+    def active(self, sparse: BlockSparse) -> np.ndarray:
+        """Whether tile (m1, p // T) is not EMPTY, over (m1, p), classified on first use
+        (the mask may read tensors the cascade computes)."""
+        if sparse not in self.tiles:
+            tiles = tile_map(self.cascade, sparse, self.sizes, self.tensors)
+            query_tiles = np.arange(self.sizes[sparse.query]) // tiles.query_tile
+            self.tiles[sparse] = (tiles.classes[query_tiles] != TileClass.EMPTY).T
+        return self.tiles[sparse]
 
     def evaluate(self, einsum: Einsum, fixed: dict[str, int]) -> np.ndarray:
         """The values of `einsum`'s left side, over its variables that `fixed` does not fix."""
@@ -282,7 +311,8 @@ class _EinsumEvaluation:
         return np.broadcast_to(result.reshape(shape), tuple(self.shape[: len(lhs)]))
 
     def domain(self) -> Field | None:
-        """Points inside every partitioned rank: m1*M0 + m0 < M wherever m1 and m0 both vary."""
+        """Points inside every partitioned rank (m1*M0 + m0 < M wherever m1 and m0 both
+        vary) and, for a block-sparse cascade, in tiles its mask does not hide."""
         space = self.einsum.space
         mask: Field | None = None
         for part in self.run.cascade.partitions:
@@ -291,6 +321,11 @@ class _EinsumEvaluation:
                 coordinate = self.values[outer] * self.run.sizes[part.inner] + self.values[inner]
                 valid = np.asarray(coordinate < self.run.sizes[part.rank])
                 mask = _conjunction(mask, self.lift(valid, frozenset({outer, inner})))
+        for sparse in self.run.cascade.sparse:
+            tiles, queries = sparse.key_tile_index, sparse.query_index
+            if {tiles, queries} <= space:
+                active = self.run.active(sparse)[self.values[tiles], self.values[queries]]
+                mask = _conjunction(mask, self.lift(active, frozenset({tiles, queries})))
         return mask
 
     def expr(self, expr: Expr, mask: Field | None) -> Field:

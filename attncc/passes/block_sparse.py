@@ -1,0 +1,297 @@
+"""block-sparse: skip the tiles a mask hides entirely (`sparse S[m1, p // T]`).
+
+A masked Einsum S over a partitioned key rank (m = m1*M0 + m0) and a query index p makes some
+(key tile, query tile) pairs EMPTY: S is its fill there. The pass declares S's tiles skippable,
+which lets the interpreter and the backends loop over non-empty tiles only, after proving that
+skipping changes nothing: at an EMPTY tile every Einsum over m1 and p is evaluated
+symbolically (sympy, with S at its fill and each running value r an unknown, finite or at its
+infinite initial value) and every running update must give back r, every reduction over m1
+its identity. In FlashAttention's cascade that is max(r, -inf) = r, exp(-inf - r) = 0,
+0 * V = 0 and exp(r - r) = 1.
+
+Rows that see no key at all divide 0 by 0 at the end; the pass makes them 0 (FlexAttention's
+convention, and what a loop over no tiles yields) by guarding divisions by a running sum
+that starts at 0. The original result there is NaN, so this only defines what was undefined.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import sympy
+
+from attncc.errors import PassError
+from attncc.ir import (
+    Access,
+    BlockSparse,
+    Call,
+    Cascade,
+    Const,
+    Coord,
+    Einsum,
+    Expr,
+    Partition,
+    ReduceOp,
+    Size,
+    indices_used,
+    map_expressions,
+    walk,
+)
+from attncc.passes.base import CascadePass, PassResult
+from attncc.passes.registry import register
+
+
+@register
+@dataclass(frozen=True)
+class BlockSparsePass(CascadePass):
+    """Options: `query_tile` (queries per tile, default 64) and `tensor`, the masked Einsum
+    (default: the one masked Einsum over a partitioned key rank)."""
+
+    name = "block-sparse"
+    query_tile: int = 64
+    tensor: str | None = None
+
+    def apply(self, cascade: Cascade) -> PassResult:
+        if self.query_tile < 1:
+            raise PassError(f"block-sparse: query_tile must be positive, got {self.query_tile}")
+        candidates = [
+            (e, part, query)
+            for e in cascade.einsums
+            if self.tensor in (None, e.tensor)
+            for part, query in _mask_frame(cascade, e)
+        ]
+        if self.tensor is not None and cascade.writer(self.tensor) is None:
+            raise PassError(f"block-sparse: no Einsum writes {self.tensor}")
+        if not candidates:
+            return PassResult(cascade, ("no mask over a partitioned key rank and one query",))
+        masked, part, query = candidates[0]
+        if any(s.tensor == masked.tensor for s in cascade.sparse):
+            return PassResult(cascade, (f"{masked.tensor} is already block-sparse",))
+        reason = _skipping_changes_results(cascade, masked, part, query)
+        if reason is not None:
+            return PassResult(cascade, (f"{masked.tensor} kept dense: {reason}",))
+        query_rank = cascade.rank_of_index(query)
+        assert query_rank is not None, "verified cascades index declared ranks"
+        sparse = BlockSparse(
+            masked.tensor, part.outer, query_rank.name, sympy.Integer(self.query_tile)
+        )
+        rewritten, guarded = _guard_empty_rows(cascade, part.outer.lower(), query)
+        remarks = [f"{masked.tensor} skips EMPTY tiles of {part.outer} x {self.query_tile}"]
+        remarks += [f"{name}: rows with no visible key give 0" for name in guarded]
+        return PassResult(replace(rewritten, sparse=(*cascade.sparse, sparse)), tuple(remarks))
+
+
+def _mask_frame(cascade: Cascade, einsum: Einsum) -> list[tuple[Partition, str]]:
+    """(key partition, query index) when `einsum`'s filter reads the two indices of a key
+    partition and exactly one other index (and no tensor indexed by a fourth)."""
+    if einsum.filter is None:
+        return []
+    used = indices_used(einsum.filter.predicate)
+    frames = []
+    for part in cascade.partitions:
+        tiles = {part.outer.lower(), part.inner.lower()}
+        others = used - tiles
+        if tiles <= used and len(others) == 1:
+            frames.append((part, next(iter(others))))
+    return frames
+
+
+_REAL = {"real": True, "finite": True}
+
+
+def _skipping_changes_results(
+    cascade: Cascade, masked: Einsum, part: Partition, query: str
+) -> str | None:
+    """None when skipping an EMPTY tile leaves every result as it was; else why not."""
+    outer = part.outer.lower()
+    body = [e for e in cascade.einsums if {outer, query} <= e.space]
+    running = [e for e in body if e.iterative_index == outer]
+    if any(e.iterative_index not in (None, outer) for e in body):
+        return f"a running update over another rank iterates over {outer} and {query}"
+    choices = []
+    for update in running:
+        unknown = sympy.Symbol(f"r_{update.tensor}", **_REAL)
+        start = _constant(update.init)
+        infinite = [_number(start)] if start is not None and math.isinf(start) else []
+        choices.append([(update.tensor, value) for value in (unknown, *infinite)])
+    for assumption in itertools.product(*choices):
+        state = dict(assumption)
+        reason = _check_tile(body, masked, outer, state)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _check_tile(
+    body: list[Einsum], masked: Einsum, outer: str, state: dict[str, sympy.Expr]
+) -> str | None:
+    values: dict[str, sympy.Expr] = dict(state)
+    values[masked.tensor] = _number(_masked_value(masked))
+    for einsum in body:
+        if einsum is masked:
+            continue
+        value = _value(einsum, values)
+        if einsum.tensor in state:
+            before = state[einsum.tensor]
+            if not _equal(value, before):
+                return f"{einsum.tensor} changes at a tile its mask hides ({before} -> {value})"
+            continue
+        if einsum.filter is not None:
+            return f"{einsum.tensor} has a filter of its own"
+        if outer in einsum.reduced:
+            # A total over every tile: the hidden tile must add nothing to it, and readers
+            # see the total (an unknown), not this tile's part.
+            identity = _IDENTITY[einsum.reduce or ReduceOp.SUM]
+            if not _equal(value, identity):
+                return f"{einsum.tensor} adds {value}, not {identity}, for a hidden tile"
+            continue
+        values[einsum.tensor] = _reduced(einsum, value)
+    return None
+
+
+_IDENTITY = {ReduceOp.SUM: sympy.Integer(0), ReduceOp.MAX: -sympy.oo, ReduceOp.MIN: sympy.oo}
+
+
+def _masked_value(masked: Einsum) -> float:
+    """What a fully masked output point holds: the fill, else the reduction's identity, else 0."""
+    assert masked.filter is not None, "the masked Einsum has a filter"
+    if masked.filter.fill is not None:
+        return masked.filter.fill
+    return {None: 0.0, ReduceOp.SUM: 0.0, ReduceOp.MAX: -math.inf, ReduceOp.MIN: math.inf}[
+        masked.reduce
+    ]
+
+
+def _equal(value: sympy.Expr, expected: sympy.Expr) -> bool:
+    if expected.is_infinite:
+        return bool(value == expected)
+    return bool(sympy.simplify(value - expected) == 0)
+
+
+def _reduced(einsum: Einsum, value: sympy.Expr) -> sympy.Expr:
+    """An output's value from its per-point value: a constant survives max/min and a zero
+    survives sums; anything else is some unknown value."""
+    if einsum.reduce is None or (value.is_constant() and einsum.reduce is not ReduceOp.SUM):
+        return value
+    if value.is_zero:
+        return value
+    return sympy.Symbol(f"t_{einsum.tensor}", **_REAL)
+
+
+def _value(einsum: Einsum, values: Mapping[str, sympy.Expr]) -> sympy.Expr:
+    def access(node: Access) -> sympy.Expr:
+        if node.tensor in values:
+            return values[node.tensor]
+        return sympy.Symbol(f"x_{node.tensor}", **_REAL)
+
+    return _symbolic(einsum.expr, access)
+
+
+def _symbolic(expr: Expr, access: Callable[[Access], sympy.Expr]) -> sympy.Expr:
+    if isinstance(expr, Const):
+        return _number(expr.value)
+    if isinstance(expr, Coord):
+        return sympy.Symbol(expr.name, integer=True)
+    if isinstance(expr, Size):
+        return sympy.Symbol(expr.rank, positive=True, integer=True)
+    if isinstance(expr, Access):
+        return access(expr)
+    assert isinstance(expr, Call)
+    args = [_symbolic(a, access) for a in expr.args]
+    return _SYMPY_OPS[expr.op](*args)
+
+
+def _number(value: float) -> sympy.Expr:
+    """Integers exactly (so that 0 * x is 0 and 1 * x is x), infinities as sympy's."""
+    if math.isinf(value):
+        return sympy.oo if value > 0 else -sympy.oo
+    return sympy.Integer(int(value)) if value.is_integer() else sympy.Float(value)
+
+
+_SYMPY_OPS = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "neg": lambda a: -a,
+    "max": sympy.Max,
+    "min": sympy.Min,
+    "exp": sympy.exp,
+    "exp2": lambda a: sympy.Integer(2) ** a,
+    "log": sympy.log,
+    "log2": lambda a: sympy.log(a, 2),
+    "tanh": sympy.tanh,
+    "sigmoid": lambda a: 1 / (1 + sympy.exp(-a)),
+    "sqrt": sympy.sqrt,
+    "rsqrt": lambda a: 1 / sympy.sqrt(a),
+    "abs": sympy.Abs,
+    "select": lambda c, a, b: sympy.Piecewise((a, c), (b, True)),
+    "lt": sympy.Lt,
+    "le": sympy.Le,
+    "gt": sympy.Gt,
+    "ge": sympy.Ge,
+    "eq": lambda a, b: sympy.true if a == b else sympy.Eq(a, b),
+    "ne": lambda a, b: sympy.false if a == b else sympy.Ne(a, b),
+    "and": sympy.And,
+    "or": sympy.Or,
+    "not": sympy.Not,
+    "floordiv": lambda a, b: sympy.floor(a / b),
+    "mod": sympy.Mod,
+}
+"""What each IR operator means on sympy values (exact, with infinities)."""
+
+
+def _constant(expr: Expr | None) -> float | None:
+    if isinstance(expr, Const):
+        return expr.value
+    if isinstance(expr, Call) and expr.op == "neg" and isinstance(expr.args[0], Const):
+        return -expr.args[0].value
+    return None
+
+
+def _guard_empty_rows(cascade: Cascade, outer: str, query: str) -> tuple[Cascade, list[str]]:
+    """Divisions by the final value of a running sum that starts at 0, outside the tile loop,
+    become `select(d == 0, 0, n / d)`."""
+    sums = {
+        e.tensor
+        for e in cascade.einsums
+        if e.iterative_index == outer and _constant(e.init) == 0 and query in e.space
+    }
+    guarded: list[str] = []
+
+    def guard(expr: Expr) -> Expr:
+        if not isinstance(expr, Call):
+            return expr
+        args = tuple(guard(a) for a in expr.args)
+        if expr.op == "div" and _reads_final(args[1], sums, outer):
+            zero = Const(0.0)
+            return Call("select", (Call("eq", (args[1], zero)), zero, Call("div", args)))
+        return Call(expr.op, args)
+
+    einsums = []
+    for einsum in cascade.einsums:
+        if outer in einsum.space:
+            einsums.append(einsum)
+            continue
+        rewritten = map_expressions(einsum, guard)
+        if rewritten != einsum:
+            guarded.append(einsum.tensor)
+        einsums.append(rewritten)
+    return replace(cascade, einsums=tuple(einsums)), guarded
+
+
+def _reads_final(expr: Expr, sums: set[str], outer: str) -> bool:
+    """Whether `expr` reads one of `sums` after its last tile (at the size of its rank)."""
+    return any(
+        isinstance(node, Access)
+        and node.tensor in sums
+        and any(_names(i) == {outer.upper()} for i in node.indices)
+        for node in walk(expr)
+    )
+
+
+def _names(index: sympy.Expr) -> set[str]:
+    return {symbol.name for symbol in index.free_symbols}
