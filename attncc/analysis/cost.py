@@ -6,7 +6,9 @@ that does not vary along an index is computed once, not once per point). A sum o
 counted as the contraction it is: one multiply-accumulate per point for two factors that vary
 along the reduced indices, factors that do not vary along them applied once per output point
 (sum_e(Q*K*s) = s * sum_e(Q*K)). Other reductions cost one operation of their kind per point.
-Points of a partitioned rank pair (m1, m0) number M, not M1*M0: the domain ends at M.
+Points of a partitioned rank pair (m1, m0) number M, not M1*M0: the domain ends at M. In a
+block-sparse cascade, Einsums over the key tiles and the queries are scaled by the mask's
+density (`density_S`, the fraction of tiles that are not EMPTY).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from attncc.analysis.block_sparse import density_symbol
 from attncc.errors import AnalysisError
 from attncc.ir import (
     Call,
@@ -172,8 +175,13 @@ def einsum_cost(cascade: Cascade, einsum: Einsum) -> EinsumCost:
         count_calls(einsum.expr)
         if einsum.reduce is not None:
             count(REDUCE_KINDS[einsum.reduce], einsum.space)
-    ops = tuple(sorted((k, sympy.expand(v)) for k, v in counts.items() if v != 0))
-    return EinsumCost(einsum.tensor, points(cascade, einsum.space), ops)
+    # A block-sparse loop visits only the tiles its mask does not hide.
+    share: sympy.Expr = sympy.Integer(1)
+    for sparse in cascade.sparse:
+        if {sparse.key_tile_index, sparse.query_index} <= einsum.space:
+            share *= density_symbol(sparse)
+    ops = tuple(sorted((k, sympy.expand(share * v)) for k, v in counts.items() if v != 0))
+    return EinsumCost(einsum.tensor, points(cascade, einsum.space) * share, ops)
 
 
 def cascade_cost(cascade: Cascade) -> CascadeCost:
@@ -192,7 +200,7 @@ def cascade_cost(cascade: Cascade) -> CascadeCost:
     )
 
 
-def evaluate(expr: sympy.Expr, sizes: Mapping[str, int]) -> int | float:
+def evaluate(expr: sympy.Expr, sizes: Mapping[str, float]) -> int | float:
     """The value of a cost expression at concrete sizes; every size it uses must be given."""
     missing = sorted(s.name for s in expr.free_symbols if s.name not in sizes)
     if missing:

@@ -11,6 +11,7 @@ from typing import Any
 
 import sympy
 
+from attncc.analysis.block_sparse import densities
 from attncc.analysis.cost import CascadeCost, cascade_cost, evaluate
 from attncc.analysis.footprint import Footprint, footprint
 from attncc.analysis.passes import RankPasses, analyze_passes
@@ -38,8 +39,9 @@ def max_passes(analysis: Analysis) -> int:
     return max((p.passes for p in analysis.passes), default=0)
 
 
-def bound_sizes(cascade: Cascade, given: Mapping[str, int]) -> dict[str, int]:
-    """Every rank's size: `given` completed with what the cascade fixes or derives."""
+def bound_sizes(cascade: Cascade, given: Mapping[str, int]) -> dict[str, float]:
+    """Every rank's size: `given` completed with what the cascade fixes or derives, and the
+    density of each block-sparse mask that reads no data, classified at those sizes."""
     for name in given:
         if cascade.rank(name) is None:
             known = ", ".join(r.name for r in cascade.all_ranks())
@@ -54,13 +56,14 @@ def bound_sizes(cascade: Cascade, given: Mapping[str, int]) -> dict[str, int]:
     if free:
         hint = ",".join(f"{name}=..." for name in free)
         raise AnalysisError(f"no size for {', '.join(free)}; give them with --shapes {hint}")
-    return bind_sizes(cascade, given)
+    sizes = bind_sizes(cascade, given)
+    return {**sizes, **densities(cascade, sizes)}
 
 
 class _Formatter:
     """Expressions as text, followed by their value when sizes are given."""
 
-    def __init__(self, sizes: Mapping[str, int] | None) -> None:
+    def __init__(self, sizes: Mapping[str, float] | None) -> None:
         self.sizes = sizes
 
     def __call__(self, expr: sympy.Expr) -> str:
