@@ -144,15 +144,12 @@ CAUSAL_STRIDED = {
 
 
 @pytest.mark.parametrize("name", sorted(CAUSAL_STRIDED))
-def test_causal_strided_neighborhood_is_refused_with_the_relation(name):
+def test_causal_strided_neighborhood_is_classified(name):
     """Causal GNA with a stride: `m <= p and min(p // 2 * 2 + 1, 3) - m < 2` (the 1d case)
-    relates m to both p and p // 2, three variables in one relation, which the interval test
-    cannot decide; the analysis says so rather than guess (the block-sparse pass then keeps
-    such a mask dense)."""
+    relates m to both p and p // 2; eliminating m (coefficient 1) decides it exactly."""
     mask = CAUSAL_STRIDED[name]
     n = {"1d": 4, "1d dilated": 9, "2d": 20, "3d": 24}[name]
-    with pytest.raises(AnalysisError, match="cannot classify tiles exactly: the mask relates"):
-        classify_tiles(mask, key_len=n, query_len=n, key_tile=2, query_tile=3)
+    assert_exact(mask, {"key_len": n, "query_len": n, "key_tile": 2, "query_tile": 3})
 
 
 def halo(draw: Draw) -> tuple[Expr, int]:
@@ -490,6 +487,19 @@ DECIDED: dict[str, tuple[Expr, dict[str, int] | None]] = {
         None,
     ),
     "p < 7": (call("lt", P, 7), None),
+    "2*m <= p and m % 3 == 0": (
+        call("and", call("le", call("mul", 2, M), P), call("eq", call("mod", M, 3), 0)),
+        None,
+    ),
+    "m <= p and 2*m >= p": (call("and", call("le", M, P), call("ge", call("mul", 2, M), P)), None),
+    "m // 4 <= p // 4 and m <= p + 1": (
+        call(
+            "and",
+            call("le", call("floordiv", M, 4), call("floordiv", P, 4)),
+            call("le", M, call("add", P, 1)),
+        ),
+        None,
+    ),
     "1": (c(1), None),
     "0": (c(0), None),
     "m // W == p // W, W = 5": (
@@ -528,15 +538,7 @@ REFUSED: dict[str, tuple[Expr, str]] = {
     ),
     "3*m - 2*p <= 0": (
         call("le", call("sub", call("mul", 3, M), call("mul", 2, P)), 0),
-        "3\\*m - 2\\*p has no coefficient 1",
-    ),
-    "2*m <= p and m % 3 == 0": (
-        call("and", call("le", call("mul", 2, M), P), call("eq", call("mod", M, 3), 0)),
-        "relates m.q3, m.r3, p",
-    ),
-    "m <= p and 2*m >= p": (
-        call("and", call("le", M, P), call("ge", call("mul", 2, M), P)),
-        "relates m, p through",
+        "relates m, p through m, 3m-2p, p, where no variable has coefficient 1",
     ),
     "m // p == 0": (call("eq", call("floordiv", M, P), 0), "divides by p, not a positive"),
     "m % 0 == 0": (call("eq", call("mod", M, 0), 0), "divides by 0"),

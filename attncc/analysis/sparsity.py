@@ -7,9 +7,10 @@ a box of positions; a digit split turns it into at most three boxes of digits (t
 partial row, the full rows, the last partial row). On one box, the atoms of a set of related
 variables cut each form's range into cells on which every atom is constant; the predicate can
 be true (false) on the box exactly when some combination of cells where it is true (false) has
-an integer point in the box. With variables related pairwise by `a - b` or `a + b` (windows,
-diagonals), that test is an interval overlap, so each box costs O(1) NumPy work per cell
-combination, vectorized over all tiles at once: O(number of tiles) in all.
+an integer point in the box. `attncc.analysis.integer_feasibility` decides that exactly by
+eliminating variables with unit coefficients (windows `m - p`, digits `4*mq + mr`), so each box
+costs O(1) NumPy work per cell combination, vectorized over all tiles at once: O(number of
+tiles) in all. Masks relating digits with no unit coefficient left are refused.
 
 Comparisons that read tensors (document ids, block tables) are decided from the data: per-tile
 minimum and maximum of 1-D ids, or any/all of a block table over each tile's rectangle of
@@ -28,12 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
+from attncc.analysis.integer_feasibility import Constraint, Stuck, check_eliminable, feasible
 from attncc.analysis.predicate import (
     COMPARE,
     And,
     Atom,
     DataAtom,
-    Form,
     Formula,
     Lowered,
     Not,
@@ -237,10 +238,9 @@ def _expand(splits: tuple[Split, ...], box: Box, valid: np.ndarray | bool) -> It
 
 @dataclass(frozen=True)
 class _Component:
-    """Variables related by atoms: one or two, with at most one two-variable form."""
+    """Variables related by atoms, directly or through each other."""
 
     variables: tuple[str, ...]
-    pair: Form | None
 
 
 @dataclass(frozen=True)
@@ -276,29 +276,17 @@ def _plan(lowered: Lowered) -> _Plan:
     component_of: dict[str, int] = {}
     components = []
     for index, names in enumerate(groups.values()):
-        pairs = {a.form for a in atoms if len(a.form) > 1 and a.form[0][0] in names}
-        pair = _check_component(sorted(names), pairs)
-        components.append(_Component(tuple(sorted(names)), pair))
+        forms = {a.form for a in atoms if a.form[0][0] in names}
+        try:
+            check_eliminable(forms | {((name, 1),) for name in names})
+        except Stuck as stuck:
+            raise AnalysisError(
+                f"cannot classify tiles exactly: the mask relates {', '.join(sorted(names))} "
+                f"through {stuck}, where no variable has coefficient 1 everywhere"
+            ) from None
+        components.append(_Component(tuple(sorted(names))))
         component_of.update(dict.fromkeys(names, index))
     return _Plan(lowered.splits, component_of, tuple(components))
-
-
-def _check_component(names: list[str], pairs: set[Form]) -> Form | None:
-    if len(names) > 2 or len(pairs) > 1:
-        raise AnalysisError(
-            "cannot classify tiles exactly: the mask relates "
-            f"{', '.join(names)} through {', '.join(map(_form_text, pairs))}"
-        )
-    pair = next(iter(pairs), None)
-    if pair is not None and min(abs(c) for _, c in pair) != 1:
-        raise AnalysisError(
-            f"cannot classify tiles exactly: {_form_text(pair)} has no coefficient 1"
-        )
-    return pair
-
-
-def _form_text(form: Form) -> str:
-    return str(sum(c * sympy.Symbol(n) for n, c in form))
 
 
 def _atoms(node: Formula) -> Iterator[Atom]:
@@ -427,20 +415,13 @@ class _Context:
         forms = sorted({a.form for a in atoms})
         cells = [_cells([a for a in atoms if a.form == form]) for form in forms]
         for choice in itertools.product(*cells):
-            bounds = {v: box[v] for v in component.variables}
-            pair_cell = None
-            for form, (lo, hi) in zip(forms, choice, strict=True):
-                if len(form) == 1:
-                    name = form[0][0]
-                    low, high = bounds[name]
-                    bounds[name] = (np.maximum(low, lo), np.minimum(high, hi))
-                else:
-                    pair_cell = (lo, hi)
-            ok: np.ndarray = np.array(True)
-            for low, high in bounds.values():
-                ok = ok & (low <= high)
-            if pair_cell is not None and component.pair is not None:
-                ok = ok & _pair_feasible(component.pair, bounds, pair_cell)
+            ok = feasible(
+                [Constraint(((v, 1),), *box[v]) for v in component.variables]
+                + [
+                    Constraint(form, _open(lo), _open(hi))
+                    for form, (lo, hi) in zip(forms, choice, strict=True)
+                ]
+            )
             if np.any(ok):
                 truth = {atom: _inside(atom, choice[forms.index(atom.form)]) for atom in atoms}
                 yield truth, ok
@@ -559,24 +540,8 @@ def _rectangle_any(
     return total > 0
 
 
-def _pair_feasible(pair: Form, bounds: Box, cell: tuple[int, int]) -> np.ndarray:
-    """Whether some x, y in their intervals have a*x + b*y in `cell`, for |a| = 1 (b any):
-    for each y the values of a*x form an interval, so y must lie where that interval meets
-    `cell` shifted by b*y, an interval of y."""
-    (x, a), (y, b) = sorted(pair, key=lambda term: abs(term[1]) != 1)
-    lo, hi = cell
-    if a < 0:
-        # Negate the form: -x - b*y in [lo, hi] is x + b*y in [-hi, -lo].
-        a, b, lo, hi = 1, -b, -hi, -lo
-    (xlo, xhi), (ylo, yhi) = bounds[x], bounds[y]
-    # x + b*y in [lo, hi] for some x in [xlo, xhi]  <=>  b*y in [lo - xhi, hi - xlo].
-    low, high = lo - xhi, hi - xlo
-    if b < 0:
-        # b*y = |b|*(-y): solve for -y, which lies in [-yhi, -ylo].
-        b, ylo, yhi = -b, -yhi, -ylo
-    first = np.maximum(ylo, -(-low // b))
-    last = np.minimum(yhi, high // b)
-    return first <= last
+def _open(bound: int) -> int | None:
+    return None if abs(bound) >= _INF else bound
 
 
 def _cells(atoms: list[Atom]) -> list[tuple[int, int]]:
