@@ -137,3 +137,16 @@ def test_masks_help_lists_masks_and_data_options(capsys: pytest.CaptureFixture[s
     assert all(name in out for name in mk.MASKS)
     assert "-O docs=4" in out and "-O seed=0 -O keep=0.3" in out
     assert all(flag in out for flag in ("--shape", "--tile", "--png", "--max-tiles"))
+
+
+def test_readme_shows_the_real_masks_output(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    command = "$ .venv/bin/attncc masks neighborhood_2d --shape 32x32 -O kernel=7 --tile 64\n"
+    shown = readme.split(command, 1)[1].split("```", 1)[0]
+
+    status, out, err = run(
+        capsys, "neighborhood_2d", "--shape", "32x32", "-O", "kernel=7", "--tile", "64"
+    )
+
+    assert status == 0, err
+    assert out == shown
