@@ -1,6 +1,13 @@
 """Analyses: pure functions from a cascade to facts about it (pass lower bound, symbolic cost,
-live footprint, the dependency graph as DOT). Nothing here changes a cascade."""
+live footprint, the dependency graph as DOT, tile classification of masks). Nothing here
+changes a cascade."""
 
+from attncc.analysis.block_sparse import (
+    density_symbol,
+    sparse_mask,
+    tile_count_formula,
+    tile_map,
+)
 from attncc.analysis.cost import CascadeCost, EinsumCost, cascade_cost, einsum_cost, evaluate
 from attncc.analysis.dot import to_dot, write_dot
 from attncc.analysis.footprint import Footprint, LiveKind, LiveTensor, footprint
@@ -13,9 +20,12 @@ from attncc.analysis.passes import (
     default_ranks,
 )
 from attncc.analysis.report import Analysis, analyze, format_report, max_passes, report_json
+from attncc.analysis.sparsity import BlockLists, BlockMask, TileClass, TileMap, classify_tiles
 
 __all__ = [
     "Analysis",
+    "BlockLists",
+    "BlockMask",
     "CascadeCost",
     "EinsumCost",
     "Footprint",
@@ -24,17 +34,24 @@ __all__ = [
     "LiveTensor",
     "Placement",
     "RankPasses",
+    "TileClass",
+    "TileMap",
     "analyze",
     "analyze_passes",
     "cascade_cost",
+    "classify_tiles",
     "count_passes",
     "default_ranks",
+    "density_symbol",
     "einsum_cost",
     "evaluate",
     "footprint",
     "format_report",
     "max_passes",
     "report_json",
+    "sparse_mask",
+    "tile_count_formula",
+    "tile_map",
     "to_dot",
     "write_dot",
 ]

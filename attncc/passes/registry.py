@@ -19,6 +19,8 @@ PIPELINES: dict[str, str] = {
     # Softmax attention to its FlashAttention-2 / FuseMax 1-pass form: defer the division
     # past the AV contraction, tile every softmax rank, then run its max and sums over tiles.
     "flash": "defer-div,partition,running-reduce,dce",
+    # The same, then skip the tiles a mask hides entirely (64 queries a tile).
+    "flash-sparse": "defer-div,partition,running-reduce,dce,block-sparse",
 }
 
 _GRAMMAR = r"""
