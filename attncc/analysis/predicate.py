@@ -27,12 +27,9 @@ from dataclasses import dataclass
 
 import sympy
 
+from attncc.analysis.integer_feasibility import Form
 from attncc.errors import AnalysisError
-from attncc.ir import Access, Call, Const, Coord, Expr, Size, format_expr, tensors_read, walk
-
-Form = tuple[tuple[str, int], ...]
-"""A linear form: (variable, coefficient) pairs sorted by variable, coefficients coprime and
-the first positive."""
+from attncc.ir import Call, Const, Coord, Expr, Size, format_expr, tensors_read
 
 
 @dataclass(frozen=True)
@@ -356,7 +353,3 @@ COMPARE = {
     "ne": operator.ne,
 }
 """Comparison operators on NumPy arrays, for data atoms."""
-
-
-def data_accesses(atom: DataAtom) -> tuple[Access, ...]:
-    return tuple(node for node in walk(atom.expr) if isinstance(node, Access))

@@ -347,7 +347,7 @@ class _Context:
         if isinstance(node, DataAtom):
             return self.data_tri(node)
         if isinstance(node, Atom):
-            return self.enumerate(node, box)
+            return self.jointly(node, box)
         return self.compose(node, box)
 
     def compose(self, node: And | Or, box: Box) -> Tri:
@@ -375,7 +375,7 @@ class _Context:
                 self.exact = False
                 parts.append(self.independent(both, [self.tri(a, box) for a in args]))
             else:
-                parts.append(self.enumerate(group, box))
+                parts.append(self.jointly(group, box))
         return self.independent(both, parts)
 
     @staticmethod
@@ -385,7 +385,7 @@ class _Context:
             return functools.reduce(np.logical_and, ts), functools.reduce(np.logical_or, fs)
         return functools.reduce(np.logical_or, ts), functools.reduce(np.logical_and, fs)
 
-    def enumerate(self, node: Formula, box: Box) -> Tri:
+    def jointly(self, node: Formula, box: Box) -> Tri:
         """Exact: over every combination of cells of the forms `node` uses."""
         atoms = sorted(set(_atoms(node)), key=repr)
         by_component: dict[int, list[Atom]] = {}
@@ -399,14 +399,14 @@ class _Context:
         can_false: np.ndarray = np.array(False)
         for combination in itertools.product(*options):
             truth: dict[Atom, bool] = {}
-            feasible: np.ndarray = np.array(True)
+            possible: np.ndarray = np.array(True)
             for assignment, ok in combination:
                 truth.update(assignment)
-                feasible = feasible & ok
+                possible = possible & ok
             if _evaluate(node, truth):
-                can_true = can_true | feasible
+                can_true = can_true | possible
             else:
-                can_false = can_false | feasible
+                can_false = can_false | possible
         return can_true, can_false
 
     def component_cells(
