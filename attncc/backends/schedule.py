@@ -1,0 +1,173 @@
+"""The schedule of a one-pass cascade: the loop nest both emitters (Triton, fast NumPy) lower.
+
+A cascade with its key rank partitioned (M -> M1, M0) and every reduction over the key tiles
+running (FuseMax's Cascade 5, what the `flash` pipeline produces) is one loop nest
+(DESIGN.md, "Lowering"):
+
+    for each point of the grid (batch, heads) and each query tile:      # parallel
+        prologue                                  # per query: QS = Q * scale
+        init carried values                       # RM = -inf, RD = 0, RNV = 0
+        for each key tile m1 that is not EMPTY:   # the block-sparse lists, or every tile
+            loads                                 # BK, BV: tiles of K and V
+            body, in order                        # scores, row max, exp, row sums, updates
+        epilogue                                  # AV = RNV / RD
+
+`schedule` sorts the Einsums into those roles and refuses, with the reason, a cascade that is
+not in this form; emitters never guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attncc.errors import LoweringError
+from attncc.ir import (
+    BlockSparse,
+    Cascade,
+    Einsum,
+    Partition,
+    index_name,
+    index_vars,
+    size_symbol,
+    verify,
+)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cascade's Einsums by role in the loop nest (see the module docstring).
+
+    `grid` are the parallel indices besides the query (batch, heads); `query` the index cut
+    into tiles of `query_tile`; `carried` the running updates over the key tiles, in body order.
+    """
+
+    cascade: Cascade
+    key: Partition
+    query: str
+    query_tile: int
+    grid: tuple[str, ...]
+    prologue: tuple[Einsum, ...]
+    loads: tuple[Einsum, ...]
+    body: tuple[Einsum, ...]
+    epilogue: tuple[Einsum, ...]
+    sparse: BlockSparse | None
+
+    @property
+    def key_tile_index(self) -> str:
+        return index_name(self.key.outer)
+
+    @property
+    def carried(self) -> tuple[Einsum, ...]:
+        return tuple(e for e in self.body if e.iterative_index == self.key_tile_index)
+
+
+def schedule(cascade: Cascade, *, query_tile: int = 64) -> Schedule:
+    """The loop nest of `cascade`; raises LoweringError saying why a cascade is not one.
+
+    The query tile is the block-sparse declaration's when there is one, else `query_tile`."""
+    verify(cascade)
+    part = _key_partition(cascade)
+    outer = index_name(part.outer)
+    sparse = next((s for s in cascade.sparse if s.key_tiles == part.outer), None)
+    in_loop = [e for e in cascade.einsums if outer in e.space]
+    loads = tuple(e for e in in_loop if _is_load(cascade, e, part))
+    body = tuple(e for e in in_loop if e not in loads)
+    for einsum in body:
+        if outer in einsum.reduced:
+            raise LoweringError(
+                f"Einsum {einsum.tensor} reduces over all of {part.outer} without running "
+                f"over it, which needs another pass; run the flash pipeline first"
+            )
+        if einsum.iterative_index not in (None, outer):
+            raise LoweringError(
+                f"Einsum {einsum.tensor} runs over {einsum.iterative_index}, not the key tiles "
+                f"{outer}: a one-pass loop nest has one loop"
+            )
+    grid = frozenset.intersection(*(e.space for e in body)) - {outer} if body else frozenset()
+    query = _query(cascade, sparse, grid)
+    after_loop = {e.tensor for e in body}
+    epilogue_list, prologue_list = [], []
+    for einsum in (e for e in cascade.einsums if outer not in e.space):
+        # What reads the loop's results, directly or through another, runs after it.
+        if einsum.reads & after_loop:
+            after_loop.add(einsum.tensor)
+            epilogue_list.append(einsum)
+        else:
+            prologue_list.append(einsum)
+    epilogue, prologue = tuple(epilogue_list), tuple(prologue_list)
+    _check_epilogue(cascade, epilogue, body, part)
+    tile = int(sparse.query_tile) if sparse is not None else query_tile
+    if tile < 1:
+        raise LoweringError(f"query tile must be positive, got {tile}")
+    return Schedule(
+        cascade=cascade,
+        key=part,
+        query=query,
+        query_tile=tile,
+        grid=tuple(sorted(grid - {query})),
+        prologue=prologue,
+        loads=loads,
+        body=body,
+        epilogue=epilogue,
+        sparse=sparse,
+    )
+
+
+def _key_partition(cascade: Cascade) -> Partition:
+    running = {e.iterative_index for e in cascade.einsums if e.iterative_index is not None}
+    parts = [p for p in cascade.partitions if index_name(p.outer) in running]
+    if len(parts) != 1:
+        found = ", ".join(p.outer for p in parts) or "none"
+        raise LoweringError(
+            "a one-pass cascade runs over exactly one partitioned key rank "
+            f"(running updates over partition outer ranks: {found}); run the flash pipeline"
+        )
+    return parts[0]
+
+
+def _is_load(cascade: Cascade, einsum: Einsum, part: Partition) -> bool:
+    """A tile view of an input: `BK[.., m1, m0] = K[.., m1*M0 + m0]`, nothing else."""
+    tile = part.recombined()
+    reads = einsum.read_accesses()
+    return (
+        einsum.reduce is None
+        and einsum.filter is None
+        and len(reads) == 1
+        and reads[0] == einsum.expr
+        and reads[0].tensor in cascade.input_names()
+        and tile in reads[0].indices
+    )
+
+
+def _query(cascade: Cascade, sparse: BlockSparse | None, grid: frozenset[str]) -> str:
+    """The parallel index cut into tiles: the block-sparse one, else the last parallel index
+    of the first output (P in AV[b,h,f,p])."""
+    if sparse is not None:
+        return sparse.query_index
+    output = cascade.writer(cascade.outputs[0].name)
+    assert output is not None, "verified cascades write their outputs"
+    candidates = [v for i in output.indices for v in sorted(index_vars(i)) if v in grid]
+    if not candidates:
+        raise LoweringError(
+            f"no index of {output.tensor} runs through every Einsum of the key loop: "
+            "nothing to spread over a grid"
+        )
+    return candidates[-1]
+
+
+def _check_epilogue(
+    cascade: Cascade, epilogue: tuple[Einsum, ...], body: tuple[Einsum, ...], part: Partition
+) -> None:
+    """After the loop only final values exist: running tensors at their last coordinate."""
+    running = {e.tensor for e in body if e.iterative_index == index_name(part.outer)}
+    final = size_symbol(part.outer)
+    for einsum in epilogue:
+        for access in einsum.read_accesses():
+            if access.tensor in {e.tensor for e in body} and (
+                access.tensor not in running or final not in access.indices
+            ):
+                raise LoweringError(
+                    f"Einsum {einsum.tensor} reads {access.tensor} after the key loop, where "
+                    f"only final running values ({', '.join(sorted(running))} at "
+                    f"{part.outer}) are kept"
+                )
