@@ -45,7 +45,8 @@ from torch._inductor.utils import fresh_cache
 from torch.nn.attention.flex_attention import BlockMask as FlexBlockMask
 from torch.nn.attention.flex_attention import create_block_mask
 
-from attncc.analysis.sparsity import BlockLists, BlockMask, TileMap, classify_tiles
+from attncc.analysis.sparsity import classify_tiles
+from attncc.analysis.tile_map import BlockLists, BlockMask, TileMap
 from attncc.frontends import masks
 from attncc.ir import Expr
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from attncc.analysis.sparsity import TileClass, classify_tiles
+from attncc.analysis.sparsity import classify_tiles
+from attncc.analysis.tile_map import TileClass
 from attncc.cli import main, parse_mask_options
 from attncc.frontends import masks as mk
 

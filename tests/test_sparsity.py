@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mask_oracle import EMPTY, FULL, PARTIAL, brute_force_classes
 
-from attncc.analysis.sparsity import BlockMask, TileClass, TileMap, classify_tiles
+from attncc.analysis.sparsity import classify_tiles
+from attncc.analysis.tile_map import BlockMask, TileClass, TileMap
 from attncc.errors import AnalysisError
 from attncc.frontends import masks as mk
 from attncc.ir import Access, Call, Const, Coord, Expr, Size, format_expr, index_symbol

@@ -20,7 +20,8 @@ from attncc.analysis.passes import (
     default_ranks,
 )
 from attncc.analysis.report import Analysis, analyze, format_report, max_passes, report_json
-from attncc.analysis.sparsity import BlockLists, BlockMask, TileClass, TileMap, classify_tiles
+from attncc.analysis.sparsity import classify_tiles
+from attncc.analysis.tile_map import BlockLists, BlockMask, TileClass, TileMap
 
 __all__ = [
     "Analysis",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -117,6 +116,10 @@ Case = tuple[Formula, sympy.Expr]
 
 _COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
 
+# Positions and mask parameters are far below this; larger constants would overflow the int64
+# arithmetic of tile bounds.
+_LARGEST = 2.0**40
+
 
 class _Lowering:
     def __init__(self, sizes: Mapping[str, int]) -> None:
@@ -149,16 +152,21 @@ class _Lowering:
         return disj(*pieces)
 
     def relation(self, op: str, diff: sympy.Expr) -> Formula:
-        """`diff op 0` for a linear `diff`, as atoms (integer-valued: x < 0 is x <= -1)."""
+        """`diff op 0` for a linear `diff` of integer variables, as atoms."""
         if op == "eq":
             return conj(at_most(diff), at_most(-diff))
-        bound = {"le": diff, "lt": diff + 1, "ge": -diff, "gt": 1 - diff}[op]
-        return at_most(bound)
+        side = diff if op in ("le", "lt") else -diff
+        return at_most(side, strict=op in ("lt", "gt"))
 
     def cases(self, expr: Expr) -> list[Case]:
         if isinstance(expr, Coord):
             return [(True, sympy.Symbol(expr.name, integer=True))]
         if isinstance(expr, Const):
+            if not abs(expr.value) < _LARGEST:
+                raise AnalysisError(
+                    f"a mask compares positions with {expr.value}; use a finite constant "
+                    f"below {_LARGEST:.0e}"
+                )
             return [(True, sympy.Rational(expr.value))]
         if isinstance(expr, Size):
             if expr.rank not in self.sizes:
@@ -276,17 +284,20 @@ _BINARY: dict[str, Callable[[_Lowering, sympy.Expr, sympy.Expr, Call], list[Case
 }
 
 
-def at_most(expr: sympy.Expr) -> Formula:
-    """`expr <= 0` for a linear integer-valued `expr`, as a normalized atom."""
+def at_most(expr: sympy.Expr, *, strict: bool = False) -> Formula:
+    """`expr <= 0` (`expr < 0` when `strict`) for a linear `expr` of integer variables with
+    integer coefficients, as a normalized atom: form <= bound with an integer bound."""
     terms = expr.as_coefficients_dict()
     const = sympy.Rational(terms.pop(sympy.Integer(1), 0))
     if not terms:
-        return bool(const <= 0)
+        return bool(const < 0) if strict else bool(const <= 0)
     names = sorted((s.name, sympy.Rational(c)) for s, c in terms.items())
     if any(not c.is_integer for _, c in names):
         raise AnalysisError(f"{expr} <= 0 has a fractional coefficient")
     g = functools.reduce(math.gcd, (abs(int(c)) for _, c in names))
-    bound = int(sympy.floor(-const / g))
+    # form < x is form <= ceil(x) - 1 over the integers; form <= x is form <= floor(x).
+    limit = -const / g
+    bound = int(sympy.ceiling(limit)) - 1 if strict else int(sympy.floor(limit))
     sign = 1 if names[0][1] > 0 else -1
     form = tuple((name, sign * int(c) // g) for name, c in names)
     return Atom(form, None, bound) if sign > 0 else Atom(form, -bound, None)
@@ -342,14 +353,3 @@ def lower_predicate(
     Sizes the predicate names (`W` in `m % W`) must be given. Lowering depends only on the
     predicate, so it is cached and reused for every sequence length."""
     return _lower(predicate, key, query, tuple(sorted((sizes or {}).items())))
-
-
-COMPARE = {
-    "lt": operator.lt,
-    "le": operator.le,
-    "gt": operator.gt,
-    "ge": operator.ge,
-    "eq": operator.eq,
-    "ne": operator.ne,
-}
-"""Comparison operators on NumPy arrays, for data atoms."""

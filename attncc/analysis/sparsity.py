@@ -20,18 +20,16 @@ and errs towards PARTIAL, which is always safe: a PARTIAL tile applies the mask.
 
 from __future__ import annotations
 
-import enum
 import functools
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import sympy
 
+from attncc.analysis.data_masks import Interval, Tri, data_condition
 from attncc.analysis.integer_feasibility import Constraint, Stuck, check_eliminable, feasible
 from attncc.analysis.predicate import (
-    COMPARE,
     And,
     Atom,
     DataAtom,
@@ -42,115 +40,9 @@ from attncc.analysis.predicate import (
     Split,
     lower_predicate,
 )
+from attncc.analysis.tile_map import TileClass, TileMap
 from attncc.errors import AnalysisError
-from attncc.ir import Access, Call, Const, Expr, format_expr, index_symbol
-
-_INF = 1 << 62
-
-
-class TileClass(enum.IntEnum):
-    EMPTY = 0
-    PARTIAL = 1
-    FULL = 2
-
-
-@dataclass(frozen=True, eq=False)
-class BlockLists:
-    """Per row of tiles, the columns of one class: `counts[i]` of them, ascending, first in
-    `indices[i]` (FlexAttention's `kv_num_blocks`/`kv_indices` layout)."""
-
-    counts: np.ndarray
-    indices: np.ndarray
-
-    @staticmethod
-    def of(selected: np.ndarray) -> BlockLists:
-        selected = np.ascontiguousarray(selected)
-        counts = selected.sum(axis=1, dtype=np.int32)
-        # A stable sort of each negated row puts its selected columns first, in order (and
-        # NumPy sorts booleans stably by radix, in linear time).
-        indices = np.argsort(~selected, axis=1, kind="stable").astype(np.int32)
-        return BlockLists(counts, indices)
-
-
-@dataclass(frozen=True, eq=False)
-class BlockMask:
-    """The non-empty tiles of a mask as lists, for a loop over key tiles per query tile
-    (`kv_*`, the forward pass) and over query tiles per key tile (`q_*`, a backward pass).
-    PARTIAL tiles apply the mask; FULL tiles (`full_*`) need no mask work."""
-
-    kv: BlockLists
-    full_kv: BlockLists
-    q: BlockLists
-    full_q: BlockLists
-    key_tile: int
-    query_tile: int
-
-
-@dataclass(frozen=True, eq=False)
-class TileMap:
-    """`classes[i, j]`: the TileClass of query tile i and key tile j. The last tiles may be
-    ragged: only positions below `query_len` and `key_len` count. `exact` is False where data
-    could only bound the classification (some EMPTY or FULL tiles may be PARTIAL)."""
-
-    classes: np.ndarray
-    key_len: int
-    query_len: int
-    key_tile: int
-    query_tile: int
-    exact: bool = True
-
-    def count(self, tile_class: TileClass) -> int:
-        return int(np.count_nonzero(self.classes == tile_class))
-
-    @property
-    def nonempty(self) -> int:
-        return int(np.count_nonzero(self.classes))
-
-    @property
-    def density(self) -> float:
-        """The fraction of tiles that are not EMPTY: the work a block-sparse loop does."""
-        return self.nonempty / self.classes.size
-
-    def block_mask(self) -> BlockMask:
-        partial, full = self.classes == TileClass.PARTIAL, self.classes == TileClass.FULL
-        return BlockMask(
-            kv=BlockLists.of(partial),
-            full_kv=BlockLists.of(full),
-            q=BlockLists.of(partial.T),
-            full_q=BlockLists.of(full.T),
-            key_tile=self.key_tile,
-            query_tile=self.query_tile,
-        )
-
-    def to_string(self, max_tiles: int = 64) -> str:
-        """One row per query tile: `█` FULL, `░` PARTIAL, blank EMPTY (two characters a tile,
-        like FlexAttention's BlockMask.to_string); large maps are shown at a coarser step,
-        a cell FULL or EMPTY when every tile it covers is, else PARTIAL."""
-        step = max(1, -(-max(self.classes.shape) // max_tiles))
-        rows = []
-        for i in range(0, self.classes.shape[0], step):
-            cells = []
-            for j in range(0, self.classes.shape[1], step):
-                block = self.classes[i : i + step, j : j + step]
-                cells.append(_GLYPHS[_summary(block)])
-            rows.append("".join(cells).rstrip())
-        scale = f" (1 character pair = {step}x{step} tiles)" if step > 1 else ""
-        header = (
-            f"{self.classes.shape[0]}x{self.classes.shape[1]} tiles of "
-            f"{self.query_tile}x{self.key_tile}{scale}: {self.count(TileClass.FULL)} full, "
-            f"{self.count(TileClass.PARTIAL)} partial, {self.count(TileClass.EMPTY)} empty, "
-            f"density {self.density:.4f}"
-        )
-        return "\n".join([header, *rows])
-
-
-_GLYPHS = {TileClass.FULL: "██", TileClass.PARTIAL: "░░", TileClass.EMPTY: "  "}
-
-
-def _summary(block: np.ndarray) -> TileClass:
-    if np.all(block == TileClass.FULL):
-        return TileClass.FULL
-    return TileClass.PARTIAL if np.any(block) else TileClass.EMPTY
+from attncc.ir import Expr
 
 
 def classify_tiles(
@@ -170,12 +62,10 @@ def classify_tiles(
     `predicate` is over coordinates `key` and `query`; `sizes` binds the rank sizes it names
     and `data` the tensors it reads. Raises AnalysisError for a predicate this analysis
     cannot decide exactly (say, `2*m <= p` and `m % 3` together), naming the construct."""
-    for name, value in (("key_len", key_len), ("query_len", query_len)):
-        if value < 1:
-            raise AnalysisError(f"{name} must be positive, got {value}")
-    for name, value in (("key_tile", key_tile), ("query_tile", query_tile)):
-        if value < 1:
-            raise AnalysisError(f"{name} must be positive, got {value}")
+    lengths = {"key_len": key_len, "query_len": query_len}
+    for name, value in {**lengths, "key_tile": key_tile, "query_tile": query_tile}.items():
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise AnalysisError(f"{name} must be a positive integer, got {value!r}")
     lowered = lower_predicate(predicate, key=key, query=query, sizes=sizes)
     plan = _plan(lowered)
     key_tiles = _tiles(key_len, key_tile, axis=1)
@@ -197,7 +87,6 @@ def classify_tiles(
     return TileMap(classes, key_len, query_len, key_tile, query_tile, context.exact)
 
 
-Interval = tuple[np.ndarray, np.ndarray]
 Box = dict[str, Interval]
 
 
@@ -209,7 +98,9 @@ def _tiles(length: int, tile: int, axis: int) -> Interval:
     return lo.reshape(shape), hi.reshape(shape)
 
 
-def _expand(splits: tuple[Split, ...], box: Box, valid: np.ndarray | bool) -> Iterator[tuple]:
+def _expand(
+    splits: tuple[Split, ...], box: Box, valid: np.ndarray | bool
+) -> Iterator[tuple[Box, np.ndarray | bool]]:
     """The digit boxes covering `box`: each split of a variable in it yields up to three."""
     pending = [s for s in splits if s.var in box]
     if not pending:
@@ -313,10 +204,6 @@ def _touches(node: Formula) -> frozenset[str]:
     return frozenset()
 
 
-Tri = tuple[np.ndarray, np.ndarray]
-"""Where a formula can be true, and where it can be false, on a box (broadcast over tiles)."""
-
-
 class _Context:
     def __init__(
         self,
@@ -345,7 +232,9 @@ class _Context:
             t, f = self.tri(node.arg, box)
             return f, t
         if isinstance(node, DataAtom):
-            return self.data_tri(node)
+            tri, exact = data_condition(node.expr, self.tiles, self.key, self.query, self.data)
+            self.exact = self.exact and exact
+            return tri
         if isinstance(node, Atom):
             return self.jointly(node, box)
         return self.compose(node, box)
@@ -415,148 +304,39 @@ class _Context:
         forms = sorted({a.form for a in atoms})
         cells = [_cells([a for a in atoms if a.form == form]) for form in forms]
         for choice in itertools.product(*cells):
-            ok = feasible(
-                [Constraint(((v, 1),), *box[v]) for v in component.variables]
-                + [
-                    Constraint(form, _open(lo), _open(hi))
-                    for form, (lo, hi) in zip(forms, choice, strict=True)
-                ]
-            )
+            try:
+                ok = feasible(
+                    [Constraint(((v, 1),), *box[v]) for v in component.variables]
+                    + [Constraint(f, lo, hi) for f, (lo, hi) in zip(forms, choice, strict=True)]
+                )
+            except Stuck as stuck:
+                message = f"cannot classify tiles exactly: the mask relates {stuck}"
+                raise AnalysisError(message) from None
             if np.any(ok):
                 truth = {atom: _inside(atom, choice[forms.index(atom.form)]) for atom in atoms}
                 yield truth, ok
 
-    def data_tri(self, atom: DataAtom) -> Tri:
-        expr = atom.expr
-        if isinstance(expr, Call) and expr.op in ("eq", "ne"):
-            ids = self.id_comparison(*expr.args)
-            if ids is not None:
-                t, f = ids
-                return (t, f) if expr.op == "eq" else (f, t)
-        return self.table(expr)
 
-    def array(self, name: str) -> np.ndarray:
-        if name not in self.data:
-            raise AnalysisError(f"the mask reads {name}; pass its values to classify tiles")
-        return np.asarray(self.data[name])
-
-    def id_comparison(self, lhs: Expr, rhs: Expr) -> Tri | None:
-        """`A[m] == B[p]` (say document ids): tiles from each side's minimum and maximum."""
-        sides = {}
-        for side in (lhs, rhs):
-            if not (isinstance(side, Access) and len(side.indices) == 1):
-                return None
-            sides[side.indices[0]] = side.tensor
-        if set(sides) != {index_symbol(self.key), index_symbol(self.query)}:
-            return None
-        stats = {}
-        for var in (self.key, self.query):
-            values = self.array(sides[index_symbol(var)])
-            lo, hi = self.tiles[var]
-            length = int(hi.max()) + 1
-            if values.ndim != 1 or values.shape[0] < length:
-                raise AnalysisError(
-                    f"{sides[index_symbol(var)]} must be 1-D with {length} values, "
-                    f"got shape {values.shape}"
-                )
-            values = values[:length]
-            low = np.minimum.reduceat(values, lo.ravel()).reshape(lo.shape)
-            high = np.maximum.reduceat(values, lo.ravel()).reshape(lo.shape)
-            steps = np.diff(values)
-            # Exact when each tile holds a run of consecutive ids (sorted, no gaps).
-            if np.any((steps != 0) & (steps != 1)):
-                self.exact = False
-            stats[var] = (low, high)
-        (klo, khi), (qlo, qhi) = stats[self.key], stats[self.query]
-        can_true = (klo <= qhi) & (qlo <= khi)
-        can_false = ~((klo == khi) & (qlo == qhi) & (klo == qlo))
-        return can_true, can_false
-
-    def table(self, expr: Expr) -> Tri:
-        """A condition on one tensor read at (functions of) the query and the key position,
-        each index `v` or `v // c`: any/all over each tile's rectangle of entries."""
-        access, compare = _table_condition(expr)
-        values = self.array(access.tensor)
-        if values.ndim != len(access.indices):
-            raise AnalysisError(
-                f"{access.tensor} has {values.ndim} dimensions, the mask reads "
-                f"{len(access.indices)} ({format_expr(expr)})"
-            )
-        holds = compare(values)
-        bounds = []
-        for axis, index in enumerate(access.indices):
-            var, divisor = _monotone_index(index, expr)
-            lo, hi = self.tiles[var]
-            lo, hi = lo // divisor, hi // divisor
-            if np.any(hi >= values.shape[axis]):
-                raise AnalysisError(
-                    f"{access.tensor} dimension {axis} has {values.shape[axis]} entries, "
-                    f"the mask reads entry {int(hi.max())} ({format_expr(expr)})"
-                )
-            bounds.append((var, lo, hi))
-        if len(bounds) != 2 or {b[0] for b in bounds} != {self.key, self.query}:
-            raise AnalysisError(
-                f"{format_expr(expr)}: a block table is indexed by the query and the key"
-            )
-        (_, lo0, hi0), (_, lo1, hi1) = bounds
-        return (
-            _rectangle_any(holds, lo0, hi0, lo1, hi1),
-            _rectangle_any(~holds, lo0, hi0, lo1, hi1),
-        )
+Cell = tuple[int | None, int | None]
+"""An interval of a form's values; None is an open end."""
 
 
-def _table_condition(expr: Expr) -> tuple[Access, Callable[[np.ndarray], np.ndarray]]:
-    if isinstance(expr, Access):
-        return expr, lambda values: values != 0
-    if isinstance(expr, Call) and expr.op in COMPARE:
-        op, (lhs, rhs) = COMPARE[expr.op], expr.args
-        if isinstance(lhs, Access) and isinstance(rhs, Const):
-            return lhs, lambda values: np.asarray(op(values, rhs.value))
-        if isinstance(rhs, Access) and isinstance(lhs, Const):
-            return rhs, lambda values: np.asarray(op(lhs.value, values))
-    raise AnalysisError(
-        f"{format_expr(expr)}: data masks compare one tensor with a constant, "
-        "or ids of the key and the query (A[m] == A[p])"
-    )
-
-
-def _monotone_index(index: sympy.Expr, expr: Expr) -> tuple[str, int]:
-    if index.is_Symbol:
-        return index.name, 1
-    if isinstance(index, sympy.floor):
-        numerator, denominator = index.args[0].as_numer_denom()
-        if numerator.is_Symbol and denominator.is_Integer and denominator > 0:
-            return numerator.name, int(denominator)
-    raise AnalysisError(f"{format_expr(expr)}: index {index} is not a position or position // c")
-
-
-def _rectangle_any(
-    holds: np.ndarray, lo0: np.ndarray, hi0: np.ndarray, lo1: np.ndarray, hi1: np.ndarray
-) -> np.ndarray:
-    """Whether `holds` has a True entry in [lo0, hi0] x [lo1, hi1], from a summed-area table."""
-    table = np.zeros((holds.shape[0] + 1, holds.shape[1] + 1), dtype=np.int64)
-    table[1:, 1:] = holds.astype(np.int64).cumsum(0).cumsum(1)
-    total = table[hi0 + 1, hi1 + 1] - table[lo0, hi1 + 1] - table[hi0 + 1, lo1] + table[lo0, lo1]
-    return total > 0
-
-
-def _open(bound: int) -> int | None:
-    return None if abs(bound) >= _INF else bound
-
-
-def _cells(atoms: list[Atom]) -> list[tuple[int, int]]:
+def _cells(atoms: list[Atom]) -> list[Cell]:
     """The intervals between the bounds of `atoms` (on one form): each atom is true on a cell
     or false on all of it."""
     cuts = sorted(
         {a.lo for a in atoms if a.lo is not None} | {a.hi + 1 for a in atoms if a.hi is not None}
     )
-    edges = [-_INF, *cuts, _INF]
-    return [(lo, hi - 1) for lo, hi in itertools.pairwise(edges)]
+    starts: list[int | None] = [None, *cuts]
+    ends: list[int | None] = [c - 1 for c in cuts] + [None]
+    return list(zip(starts, ends, strict=True))
 
 
-def _inside(atom: Atom, cell: tuple[int, int]) -> bool:
+def _inside(atom: Atom, cell: Cell) -> bool:
     lo, hi = cell
-    return (atom.lo is None or lo >= atom.lo) and (atom.hi is None or hi <= atom.hi)
+    return (atom.lo is None or (lo is not None and lo >= atom.lo)) and (
+        atom.hi is None or (hi is not None and hi <= atom.hi)
+    )
 
 
 def _evaluate(node: Formula, truth: Mapping[Atom, bool]) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attncc.analysis.sparsity import TileClass, TileMap
+from attncc.analysis.tile_map import TileClass, TileMap
 from attncc.errors import AnalysisError
 
 COLORS = {

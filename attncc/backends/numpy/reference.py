@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attncc.analysis.block_sparse import tile_map
-from attncc.analysis.sparsity import TileClass
+from attncc.analysis.tile_map import TileClass
 from attncc.backends.numpy.ops import MAP_OPS, REDUCE_OPS
 from attncc.errors import ExecutionError
 from attncc.ir import (

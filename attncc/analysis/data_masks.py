@@ -1,0 +1,189 @@
+"""Tile classification of comparisons that read tensors: decided from the data at run time.
+
+Two forms are recognized. Ids compared across the key and the query (`KDOC[m] == QDOC[p]`,
+documents of packed sequences) are decided from each tile's minimum and maximum id: exact when
+every tile holds a run of consecutive ids (sorted ids without gaps), and conservative (PARTIAL
+where it cannot tell) otherwise. A table read at the query and the key position or their blocks
+(`BLOCKS[p // 64, m // 64] != 0`, fixed block lists or top-k choices from a scoring stage) is
+decided exactly from any/all of each tile's rectangle of entries, by summed-area tables.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import sympy
+
+from attncc.errors import AnalysisError
+from attncc.ir import Access, Call, Const, Expr, format_expr, index_symbol
+
+Interval = tuple[np.ndarray, np.ndarray]
+"""First and last position of every tile, shaped to broadcast along its tile axis."""
+
+Tri = tuple[np.ndarray, np.ndarray]
+"""Where a condition can be true, and where it can be false, per tile."""
+
+COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "eq": operator.eq,
+    "ne": operator.ne,
+}
+"""Comparison operators on NumPy arrays."""
+
+
+def data_condition(
+    expr: Expr,
+    positions: Mapping[str, Interval],
+    key: str,
+    query: str,
+    data: Mapping[str, np.ndarray],
+) -> tuple[Tri, bool]:
+    """Where `expr` can be true and false per tile, and whether that is exact."""
+    if isinstance(expr, Call) and expr.op in ("eq", "ne"):
+        ids = _id_comparison(*expr.args, positions=positions, key=key, query=query, data=data)
+        if ids is not None:
+            (t, f), exact = ids
+            return ((t, f) if expr.op == "eq" else (f, t)), exact
+    return _table(expr, positions, key, query, data), True
+
+
+def _array(data: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in data:
+        raise AnalysisError(f"the mask reads {name}; pass its values to classify tiles")
+    values = np.asarray(data[name])
+    if values.dtype.kind not in "iubf":
+        raise AnalysisError(f"{name} holds {values.dtype} values; a mask reads numbers from it")
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        # NaN compares false with everything, which minima and maxima cannot represent.
+        raise AnalysisError(f"{name} holds NaN; a mask reads ids and tables without NaN")
+    return values
+
+
+def _id_comparison(
+    lhs: Expr,
+    rhs: Expr,
+    *,
+    positions: Mapping[str, Interval],
+    key: str,
+    query: str,
+    data: Mapping[str, np.ndarray],
+) -> tuple[Tri, bool] | None:
+    """`A[m] == B[p]` (say document ids): tiles from each side's minimum and maximum."""
+    sides = {}
+    for side in (lhs, rhs):
+        if not (isinstance(side, Access) and len(side.indices) == 1):
+            return None
+        sides[side.indices[0]] = side.tensor
+    if set(sides) != {index_symbol(key), index_symbol(query)}:
+        return None
+    stats = {}
+    exact = True
+    for var in (key, query):
+        name = sides[index_symbol(var)]
+        values = _array(data, name)
+        lo, hi = positions[var]
+        length = int(hi.max()) + 1
+        if values.ndim != 1 or values.shape[0] < length:
+            raise AnalysisError(
+                f"{name} must be 1-D with {length} values, got shape {values.shape}"
+            )
+        values = values[:length]
+        low = np.minimum.reduceat(values, lo.ravel()).reshape(lo.shape)
+        high = np.maximum.reduceat(values, lo.ravel()).reshape(lo.shape)
+        steps = np.diff(values)
+        # Exact when each tile holds a run of consecutive ids (sorted, no gaps).
+        exact = exact and not np.any((steps != 0) & (steps != 1))
+        stats[var] = (low, high)
+    (klo, khi), (qlo, qhi) = stats[key], stats[query]
+    can_true = (klo <= qhi) & (qlo <= khi)
+    can_false = ~((klo == khi) & (qlo == qhi) & (klo == qlo))
+    return (can_true, can_false), exact
+
+
+def _table(
+    expr: Expr,
+    positions: Mapping[str, Interval],
+    key: str,
+    query: str,
+    data: Mapping[str, np.ndarray],
+) -> Tri:
+    """A condition on one tensor read at (functions of) the query and the key position,
+    each index `v` or `v // c`: any/all over each tile's rectangle of entries."""
+    access, compare = _table_condition(expr)
+    values = _array(data, access.tensor)
+    if values.ndim != len(access.indices):
+        raise AnalysisError(
+            f"{access.tensor} has {values.ndim} dimensions, the mask reads "
+            f"{len(access.indices)} ({format_expr(expr)})"
+        )
+    holds = compare(values)
+    bounds = []
+    for axis, index in enumerate(access.indices):
+        var, divisor = _monotone_index(index, expr, positions)
+        lo, hi = positions[var]
+        lo, hi = lo // divisor, hi // divisor
+        if np.any(hi >= values.shape[axis]):
+            raise AnalysisError(
+                f"{access.tensor} dimension {axis} has {values.shape[axis]} entries, "
+                f"the mask reads entry {int(hi.max())} ({format_expr(expr)})"
+            )
+        bounds.append((var, lo, hi))
+    if len(bounds) != 2 or {b[0] for b in bounds} != {key, query}:
+        raise AnalysisError(
+            f"{format_expr(expr)}: a data mask reads ids at the key and the query "
+            "(A[m] == B[p]) or a table at both (T[p // B, m // B])"
+        )
+    (_, lo0, hi0), (_, lo1, hi1) = bounds
+    return (
+        _rectangle_any(holds, lo0, hi0, lo1, hi1),
+        _rectangle_any(~holds, lo0, hi0, lo1, hi1),
+    )
+
+
+def _table_condition(expr: Expr) -> tuple[Access, Callable[[np.ndarray], np.ndarray]]:
+    if isinstance(expr, Access):
+        return expr, lambda values: values != 0
+    if isinstance(expr, Call) and expr.op in COMPARE:
+        op, (lhs, rhs) = COMPARE[expr.op], expr.args
+        if isinstance(lhs, Access) and isinstance(rhs, Const):
+            return lhs, lambda values: np.asarray(op(values, rhs.value))
+        if isinstance(rhs, Access) and isinstance(lhs, Const):
+            return rhs, lambda values: np.asarray(op(lhs.value, values))
+    raise AnalysisError(
+        f"{format_expr(expr)}: data masks compare one tensor with a constant, "
+        "or ids of the key and the query (A[m] == A[p])"
+    )
+
+
+def _monotone_index(
+    index: sympy.Expr, expr: Expr, positions: Mapping[str, Interval]
+) -> tuple[str, int]:
+    """(v, c) for an index `v` or `v // c` of a position: over a tile, a run of values."""
+    if index.is_Symbol and index.name in positions:
+        return index.name, 1
+    if isinstance(index, sympy.floor):
+        numerator, denominator = index.args[0].as_numer_denom()
+        if (
+            numerator.is_Symbol
+            and numerator.name in positions
+            and denominator.is_Integer
+            and denominator > 0
+        ):
+            return numerator.name, int(denominator)
+    raise AnalysisError(f"{format_expr(expr)}: index {index} is not a position or position // c")
+
+
+def _rectangle_any(
+    holds: np.ndarray, lo0: np.ndarray, hi0: np.ndarray, lo1: np.ndarray, hi1: np.ndarray
+) -> np.ndarray:
+    """Whether `holds` has a True entry in [lo0, hi0] x [lo1, hi1], from a summed-area table."""
+    table = np.zeros((holds.shape[0] + 1, holds.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = holds.astype(np.int64).cumsum(0).cumsum(1)
+    total = table[hi0 + 1, hi1 + 1] - table[lo0, hi1 + 1] - table[hi0 + 1, lo1] + table[lo0, lo1]
+    return total > 0
