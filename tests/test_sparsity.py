@@ -34,7 +34,7 @@ Draw = Callable[[st.SearchStrategy], object]
 TILES = st.one_of(st.integers(1, 9), st.integers(10, 48))
 
 
-def c(value: int) -> Const:
+def c(value: float) -> Const:
     return Const(float(value))
 
 
@@ -488,6 +488,22 @@ DECIDED: dict[str, tuple[Expr, dict[str, int] | None]] = {
         None,
     ),
     "p < 7": (call("lt", P, 7), None),
+    "m < p + 0.5": (call("lt", M, call("add", P, c(0.5))), None),
+    "m > p - 1.5": (call("gt", M, call("sub", P, c(1.5))), None),
+    "p - m - 21 != abs(min(m, p // 2))": (
+        call(
+            "ne", call("sub", call("sub", P, M), 21), abs_(call("min", M, call("floordiv", P, 2)))
+        ),
+        None,
+    ),
+    "(p <= 0 or p <= m) and (m - p) // 1 > -m": (
+        call(
+            "and",
+            call("or", call("le", P, 0), call("le", P, M)),
+            call("gt", call("floordiv", call("sub", M, P), 1), call("neg", M)),
+        ),
+        None,
+    ),
     "2*m <= p and m % 3 == 0": (
         call("and", call("le", call("mul", 2, M), P), call("eq", call("mod", M, 3), 0)),
         None,
@@ -542,6 +558,8 @@ REFUSED: dict[str, tuple[Expr, str]] = {
         "relates m, p through m, 3m-2p, p, where no variable has coefficient 1",
     ),
     "m // p == 0": (call("eq", call("floordiv", M, P), 0), "divides by p, not a positive"),
+    "m < inf": (call("lt", M, c(float("inf"))), "use a finite constant"),
+    "1e19 * m <= p": (call("le", call("mul", c(1e19), M), P), "use a finite constant"),
     "m % 0 == 0": (call("eq", call("mod", M, 0), 0), "divides by 0"),
     "m / 2 <= p": (call("le", call("div", M, 2), P), "cannot use div"),
     "exp(m) <= p": (call("le", call("exp", M), P), "cannot use exp"),
@@ -563,10 +581,11 @@ SHAPE = {"key_len": 8, "query_len": 8, "key_tile": 2, "query_tile": 2}
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"key_tile": 0}, "key_tile must be positive, got 0"),
-        ({"query_tile": -1}, "query_tile must be positive, got -1"),
-        ({"key_len": 0}, "key_len must be positive, got 0"),
-        ({"query_len": -3}, "query_len must be positive, got -3"),
+        ({"key_tile": 0}, "key_tile must be a positive integer, got 0"),
+        ({"key_len": 8.5}, "key_len must be a positive integer, got 8.5"),
+        ({"query_tile": -1}, "query_tile must be a positive integer, got -1"),
+        ({"key_len": 0}, "key_len must be a positive integer, got 0"),
+        ({"query_len": -3}, "query_len must be a positive integer, got -3"),
     ],
 )
 def test_bad_shape_is_refused(change, message):
