@@ -15,7 +15,7 @@ from attncc.analysis.report import bound_sizes
 from attncc.analysis.sparsity import classify_tiles
 from attncc.backends.numpy.reference import interpret
 from attncc.differential import check_equivalent, random_inputs
-from attncc.errors import VerifyError
+from attncc.errors import ParseError, VerifyError
 from attncc.frontends import masks
 from attncc.frontends.library import attention_1pass, attention_3pass
 from attncc.ir import Call, Const, Coord, Expr, parse, print_cascade, verify
@@ -119,6 +119,13 @@ def test_without_a_mask_the_pass_changes_nothing() -> None:
     assert records[-1].remarks == ("no mask over a partitioned key rank and one query",)
 
 
+def test_a_size_is_not_a_key_tile_index() -> None:
+    text = print_cascade(attention_1pass(causal=True, tile=4))
+    text = text.replace("output AV[f,p] : f32", "output AV[f,p] : f32\nsparse BQK[M1,p//4]")
+    with pytest.raises(ParseError, match="a key tile index, then queries // tile"):
+        parse(text)
+
+
 def test_the_sparse_line_round_trips() -> None:
     sparse, _ = run_pipeline(attention_1pass(causal=True), "block-sparse(query_tile=128)")
     text = print_cascade(sparse)
@@ -132,6 +139,8 @@ def test_the_sparse_line_round_trips() -> None:
         ("sparse BK[m1,p//4]", "BK must be written by an Einsum with a filter"),
         ("sparse BQK[m0,p//4]", "M0 is not the outer rank of a partition"),
         ("sparse BQK[m1,f//4]", "BQK does not iterate over f"),
+        ("sparse BQK[m1,p//X]", "the query tile uses size X, which no rank declares"),
+        ("sparse BQK[m1,p//4]\nsparse BQK[m1,p//2]", "BQK is declared sparse more than once"),
         ("sparse BQK[m1,e//4]", "the mask of BQK reads index p; a block-sparse mask may read only"),
     ],
 )
@@ -185,3 +194,100 @@ def test_causal_density_tends_to_one_half() -> None:
     density = formula / (n / 128) ** 2
     assert sympy.limit(density, n, sympy.oo) == sympy.Rational(1, 2)
     assert math.isclose(float(density.subs(n, 128 * 16)), 136 / 256)
+
+
+HEAD = """cascade c
+rank E = 2, M, P, M0 = 4
+partition M -> M1, M0
+input Q[e,p] : f32
+input K[e,m] : f32
+"""
+
+# Cascades where skipping hidden tiles would change a result: the pass must keep them dense.
+UNSAFE = {
+    "a sum over queries adds 1 per hidden point": """output O[m1,m0] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else 0
+T[m1,m0,p] = QK[m1,m0,p] + 1
+O[m1,m0] = T[m1,m0,p]
+""",
+    "a running update with a filter of its own": """output O[p] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else -inf
+LS[m1,p] = exp(QK[m1,m0,p])
+R[0,p] = 0
+R[m1+1,p] = R[m1,p] + LS[m1,p] where m1 == 0 else 5
+O[p] = R[M1,p]
+""",
+    "a read of another tile": """output O[p] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else -inf
+SH[m1,m0,p] = QK[M1-1-m1,m0,p]
+O[p] = exp(SH[m1,m0,p])
+""",
+    "per-tile values read after the loop": """output O[m,p] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else -inf
+T[m1,m0,p] = QK[m1,m0,p] + 1
+O[m,p] = T[m//M0, m%M0, p]
+""",
+    "a running update that sums its previous value": """output O[] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else -inf
+R[0] = 0
+R[m1+1] = R[m1] + exp(QK[m1,m0,p])
+O[] = R[M1]
+""",
+    "a mask over tile indices alone": """output O[p] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 <= p and m0 <= p else -inf
+O[p] = sum(m1,m0) exp(QK[m1,m0,p])
+""",
+}
+
+# Cascades where skipping is exact, including a running update reducing over the queries.
+SAFE = {
+    "a running sum of sums over queries": """output O[] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else -inf
+S[m1] = exp(QK[m1,m0,p])
+R[0] = 0
+R[m1+1] = R[m1] + S[m1]
+O[] = R[M1]
+""",
+    "a max over queries of a -inf fill": """output O[m1,m0] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else -inf
+O[m1,m0] = max(p) QK[m1,m0,p]
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSAFE))
+def test_skipping_that_would_change_results_is_refused(name: str) -> None:
+    dense = parse(HEAD + UNSAFE[name])
+    result, records = run_pipeline(dense, "block-sparse(query_tile=2)")
+    assert result.sparse == (), records[-1].remarks
+    assert records[-1].remarks[0].startswith("QK kept dense: ")
+
+
+@pytest.mark.parametrize("name", sorted(SAFE))
+def test_skipping_that_changes_nothing_is_applied_and_exact(name: str) -> None:
+    dense = parse(HEAD + SAFE[name])
+    result, _ = run_pipeline(dense, "block-sparse(query_tile=2)")
+    assert len(result.sparse) == 1
+    check_equivalent(dense, result, trials=4)
+
+
+def test_only_zero_over_zero_becomes_zero() -> None:
+    """A count over a running sum that stays 0: n/0 is inf in the dense cascade and must
+    stay inf; only rows that saw no key (0/0) become 0."""
+    text = (
+        HEAD
+        + """output O[p] : f32
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else -inf
+Z[m1,p] = exp(QK[m1,m0,p]) * 0
+N[m1,p] = exp(QK[m1,m0,p])
+D[0,p] = 0
+D[m1+1,p] = D[m1,p] + Z[m1,p]
+C[0,p] = 0
+C[m1+1,p] = C[m1,p] + N[m1,p]
+O[p] = C[M1,p] / D[M1,p]
+"""
+    )
+    dense = parse(text)
+    result, _ = run_pipeline(dense, "block-sparse(query_tile=2)")
+    assert len(result.sparse) == 1
+    check_equivalent(dense, result, trials=3)

@@ -87,6 +87,18 @@ def classify_tiles(
     return TileMap(classes, key_len, query_len, key_tile, query_tile, context.exact)
 
 
+def check_classifiable(
+    predicate: Expr,
+    *,
+    key: str = "m",
+    query: str = "p",
+    sizes: Mapping[str, int] | None = None,
+) -> None:
+    """Raise AnalysisError, with the reason, when `classify_tiles` would refuse `predicate`
+    whatever the lengths (the data of data masks aside)."""
+    _plan(lower_predicate(predicate, key=key, query=query, sizes=sizes))
+
+
 Box = dict[str, Interval]
 
 

@@ -212,7 +212,9 @@ class _Resolver:
         """`sparse S[m1, p // 64]`: the key tile index, then the query index over its tile."""
         access = self.access(statement.children[0])
         usage = f"write sparse {access.tensor}[m1, p // 64]: a key tile index, then queries // tile"
-        if len(access.indices) != 2 or not access.indices[0].is_Symbol:
+        if len(access.indices) != 2 or not index_vars(access.indices[0]) == {
+            str(access.indices[0])
+        }:
             raise self.error(usage, statement)
         key, query = access.indices
         tile: sympy.Expr = sympy.Integer(1)

@@ -411,6 +411,11 @@ def _check_sparse(cascade: Cascade, sparse: BlockSparse) -> Iterator[Diagnostic]
     tile = sparse.query_tile
     if (tile.is_Integer and tile < 1) or not (tile.is_Integer or size_names(tile)):
         yield problem(f"the query tile {tile} is not a positive integer or a size")
+    for name in sorted(size_names(tile)):
+        if cascade.rank(name) is None:
+            yield problem(f"the query tile uses size {name}, which no rank declares", name)
+    if [s.tensor for s in cascade.sparse].count(sparse.tensor) > 1:
+        yield problem(f"{sparse.tensor} is declared sparse more than once")
 
 
 def _check_dependencies(cascade: Cascade) -> Iterator[Diagnostic]:

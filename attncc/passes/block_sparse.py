@@ -23,7 +23,9 @@ from dataclasses import dataclass, replace
 
 import sympy
 
-from attncc.errors import PassError
+from attncc.analysis.block_sparse import sparse_mask
+from attncc.analysis.sparsity import check_classifiable
+from attncc.errors import AnalysisError, PassError
 from attncc.ir import (
     Access,
     BlockSparse,
@@ -36,8 +38,10 @@ from attncc.ir import (
     Partition,
     ReduceOp,
     Size,
+    index_symbol,
     indices_used,
     map_expressions,
+    size_symbol,
     walk,
 )
 from attncc.passes.base import CascadePass, PassResult
@@ -78,10 +82,24 @@ class BlockSparsePass(CascadePass):
         sparse = BlockSparse(
             masked.tensor, part.outer, query_rank.name, sympy.Integer(self.query_tile)
         )
+        reason = _unclassifiable(cascade, sparse)
+        if reason is not None:
+            return PassResult(cascade, (f"{masked.tensor} kept dense: {reason}",))
         rewritten, guarded = _guard_empty_rows(cascade, part.outer.lower(), query)
         remarks = [f"{masked.tensor} skips EMPTY tiles of {part.outer} x {self.query_tile}"]
         remarks += [f"{name}: rows with no visible key give 0" for name in guarded]
         return PassResult(replace(rewritten, sparse=(*cascade.sparse, sparse)), tuple(remarks))
+
+
+def _unclassifiable(cascade: Cascade, sparse: BlockSparse) -> str | None:
+    """Why the tiles of `sparse` could not be classified when the cascade runs, if so."""
+    sizes = {r.name: int(r.size) for r in cascade.all_ranks() if r.size.is_Integer}
+    predicate, key, query = sparse_mask(cascade, sparse)
+    try:
+        check_classifiable(predicate, key=key, query=query, sizes=sizes)
+    except AnalysisError as error:
+        return str(error)
+    return None
 
 
 def _mask_frame(cascade: Cascade, einsum: Einsum) -> list[tuple[Partition, str]]:
@@ -119,36 +137,56 @@ def _skipping_changes_results(
         choices.append([(update.tensor, value) for value in (unknown, *infinite)])
     for assumption in itertools.product(*choices):
         state = dict(assumption)
-        reason = _check_tile(body, masked, outer, state)
+        reason = _check_tile(body, masked, outer, query, state)
         if reason is not None:
             return reason
-    return None
+    return _read_after_loop(cascade, body, outer, query)
 
 
 def _check_tile(
-    body: list[Einsum], masked: Einsum, outer: str, state: dict[str, sympy.Expr]
+    body: list[Einsum], masked: Einsum, outer: str, query: str, state: dict[str, sympy.Expr]
 ) -> str | None:
     values: dict[str, sympy.Expr] = dict(state)
     values[masked.tensor] = _number(_masked_value(masked))
     for einsum in body:
         if einsum is masked:
             continue
-        value = _value(einsum, values)
+        if einsum.filter is not None:
+            return f"{einsum.tensor} has a filter of its own"
+        value = _value(einsum, values, outer, query)
+        if einsum.tensor in state and einsum.reduce is ReduceOp.SUM:
+            # A sum adds the previous value once per reduced point: no longer a carry.
+            return f"{einsum.tensor} sums its previous value over {', '.join(einsum.reduced)}"
         if einsum.tensor in state:
             before = state[einsum.tensor]
             if not _equal(value, before):
                 return f"{einsum.tensor} changes at a tile its mask hides ({before} -> {value})"
             continue
-        if einsum.filter is not None:
-            return f"{einsum.tensor} has a filter of its own"
-        if outer in einsum.reduced:
-            # A total over every tile: the hidden tile must add nothing to it, and readers
-            # see the total (an unknown), not this tile's part.
+        if einsum.reduced & {outer, query}:
+            # A total over tiles or queries: the hidden tile must add nothing to it, and
+            # readers see the total (an unknown), not this tile's part.
             identity = _IDENTITY[einsum.reduce or ReduceOp.SUM]
             if not _equal(value, identity):
                 return f"{einsum.tensor} adds {value}, not {identity}, for a hidden tile"
             continue
         values[einsum.tensor] = _reduced(einsum, value)
+    return None
+
+
+def _read_after_loop(cascade: Cascade, body: list[Einsum], outer: str, query: str) -> str | None:
+    """Outside the tile loop only totals (over the key tiles or the queries, to which hidden
+    tiles add nothing) and final running values may be read: the values of single hidden
+    tiles are never computed."""
+    running = {e.tensor for e in body if e.iterative_index == outer}
+    totals = {e.tensor for e in body if e.reduced & {outer, query}}
+    final = size_symbol(outer.upper())
+    for einsum in cascade.einsums:
+        if einsum in body:
+            continue
+        for access in einsum.read_accesses():
+            tile_values = access.tensor in {e.tensor for e in body} - totals
+            if tile_values and not (access.tensor in running and final in access.indices):
+                return f"{einsum.tensor} reads {access.tensor} of single tiles outside the loop"
     return None
 
 
@@ -181,9 +219,16 @@ def _reduced(einsum: Einsum, value: sympy.Expr) -> sympy.Expr:
     return sympy.Symbol(f"t_{einsum.tensor}", **_REAL)
 
 
-def _value(einsum: Einsum, values: Mapping[str, sympy.Expr]) -> sympy.Expr:
+def _value(einsum: Einsum, values: Mapping[str, sympy.Expr], outer: str, query: str) -> sympy.Expr:
+    """`einsum`'s value at a point of a hidden tile. Reads of that same point (indexed by
+    plain index variables, the key tile as m1, or m1 + 1 for a running value) take the tile's
+    values; any other read (another tile, a shifted query, a final value) is unknown."""
+    tile = index_symbol(outer)
+
     def access(node: Access) -> sympy.Expr:
-        if node.tensor in values:
+        plain = all(i.is_Symbol or i == tile + 1 for i in node.indices)
+        same_point = plain and (tile in node.indices or tile + 1 in node.indices)
+        if node.tensor in values and same_point:
             return values[node.tensor]
         return sympy.Symbol(f"x_{node.tensor}", **_REAL)
 
@@ -267,8 +312,10 @@ def _guard_empty_rows(cascade: Cascade, outer: str, query: str) -> tuple[Cascade
             return expr
         args = tuple(guard(a) for a in expr.args)
         if expr.op == "div" and _reads_final(args[1], sums, outer):
+            # Only 0/0 (no key seen) becomes 0; n/0 with n != 0 keeps its infinity.
             zero = Const(0.0)
-            return Call("select", (Call("eq", (args[1], zero)), zero, Call("div", args)))
+            nothing = Call("and", (Call("eq", (args[1], zero)), Call("eq", (args[0], zero))))
+            return Call("select", (nothing, zero, Call("div", args)))
         return Call(expr.op, args)
 
     einsums = []

@@ -182,7 +182,7 @@ class _Run:
         values = self.evaluate(einsum, fixed)
         for sparse in self.cascade.sparse:
             var = sparse.key_tile_index
-            if einsum.iterative_index == var and sparse.query_index in einsum.space:
+            if einsum.iterative_index == var and sparse.query_index in einsum.lhs_vars:
                 # A running update keeps its value through the tiles the mask hides.
                 before = tuple(
                     t - 1 if isinstance(t, int) and iteration_successor(i) == var else t
