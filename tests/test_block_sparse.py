@@ -35,6 +35,9 @@ MASKS: dict[str, Expr] = {
     "halo_2d": masks.halo_2d((4, 5), 2, 1),
     "gna_1d": masks.generalized_neighborhood_1d(20, 5, 2),
     "anti_causal": masks.mask_not(masks.causal()),
+    # Random ids (0..3, unsorted): classified from per-tile minima and maxima, soundly.
+    "document": masks.document(),
+    "causal_document": masks.document(causal=True),
 }
 
 

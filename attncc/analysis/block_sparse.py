@@ -18,11 +18,13 @@ from attncc.analysis.predicate import lower_predicate
 from attncc.analysis.sparsity import TileMap, classify_tiles
 from attncc.errors import AnalysisError
 from attncc.ir import (
+    Access,
     BlockSparse,
     Cascade,
     Expr,
     evaluate_index,
     index_symbol,
+    replace_accesses,
     size_symbol,
     substitute,
 )
@@ -42,8 +44,29 @@ def sparse_mask(cascade: Cascade, sparse: BlockSparse) -> tuple[Expr, str, str]:
     key, outer, inner = part.rank.lower(), part.outer.lower(), part.inner.lower()
     # m0 = m - m1*M0: the tile index cancels out of m1*M0 + m0, leaving the key position.
     position = index_symbol(key) - index_symbol(outer) * size_symbol(part.inner)
-    predicate = substitute(writer.filter.predicate, {inner: position})
+    predicate = substitute(_through_views(cascade, writer.filter.predicate), {inner: position})
     return predicate, key, sparse.query_index
+
+
+def _through_views(cascade: Cascade, expr: Expr) -> Expr:
+    """`expr` reading inputs where it reads views of them (`BKDOC[m1,m0] = KDOC[m1*M0+m0]`,
+    what partitioning makes of document ids): the data a classifier is given."""
+
+    def view(access: Access) -> Expr:
+        writer = cascade.writer(access.tensor)
+        if writer is None or writer.reduce or writer.filter or not isinstance(writer.expr, Access):
+            return access
+        source = writer.expr
+        if source.tensor not in cascade.input_names():
+            return access
+        mapping = {}
+        for written, read in zip(writer.indices, access.indices, strict=True):
+            if not written.is_Symbol:
+                return access
+            mapping[written.name] = read
+        return substitute(source, mapping)
+
+    return replace_accesses(expr, view)
 
 
 def tile_map(

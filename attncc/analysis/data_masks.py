@@ -53,6 +53,23 @@ def data_condition(
     return _table(expr, positions, key, query, data), True
 
 
+def check_data_condition(expr: Expr, key: str, query: str) -> None:
+    """Raise AnalysisError unless `expr` is a data condition `data_condition` can decide."""
+    if isinstance(expr, Call) and expr.op in ("eq", "ne"):
+        reads = {a.indices[0] for a in expr.args if isinstance(a, Access) and len(a.indices) == 1}
+        if reads == {index_symbol(key), index_symbol(query)}:
+            return
+    access, _ = _table_condition(expr)
+    positions = {key: None, query: None}
+    if {_monotone_index(i, expr, positions)[0] for i in access.indices} != {key, query} or len(
+        access.indices
+    ) != 2:
+        raise AnalysisError(
+            f"{format_expr(expr)}: a data mask reads ids at the key and the query "
+            "(A[m] == B[p]) or a table at both (T[p // B, m // B])"
+        )
+
+
 def _array(data: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     if name not in data:
         raise AnalysisError(f"the mask reads {name}; pass its values to classify tiles")
@@ -162,7 +179,7 @@ def _table_condition(expr: Expr) -> tuple[Access, Callable[[np.ndarray], np.ndar
 
 
 def _monotone_index(
-    index: sympy.Expr, expr: Expr, positions: Mapping[str, Interval]
+    index: sympy.Expr, expr: Expr, positions: Mapping[str, object]
 ) -> tuple[str, int]:
     """(v, c) for an index `v` or `v // c` of a position: over a tile, a run of values."""
     if index.is_Symbol and index.name in positions:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attncc.analysis.data_masks import Interval, Tri, data_condition
+from attncc.analysis.data_masks import Interval, Tri, check_data_condition, data_condition
 from attncc.analysis.integer_feasibility import Constraint, Stuck, check_eliminable, feasible
 from attncc.analysis.predicate import (
     And,
@@ -95,8 +95,11 @@ def check_classifiable(
     sizes: Mapping[str, int] | None = None,
 ) -> None:
     """Raise AnalysisError, with the reason, when `classify_tiles` would refuse `predicate`
-    whatever the lengths (the data of data masks aside)."""
-    _plan(lower_predicate(predicate, key=key, query=query, sizes=sizes))
+    whatever the lengths and whatever the data of data masks."""
+    lowered = lower_predicate(predicate, key=key, query=query, sizes=sizes)
+    _plan(lowered)
+    for atom in _data_atoms(lowered.formula):
+        check_data_condition(atom.expr, key, query)
 
 
 Box = dict[str, Interval]
@@ -200,6 +203,16 @@ def _atoms(node: Formula) -> Iterator[Atom]:
     elif isinstance(node, And | Or):
         for arg in node.args:
             yield from _atoms(arg)
+
+
+def _data_atoms(node: Formula) -> Iterator[DataAtom]:
+    if isinstance(node, DataAtom):
+        yield node
+    elif isinstance(node, Not):
+        yield from _data_atoms(node.arg)
+    elif isinstance(node, And | Or):
+        for arg in node.args:
+            yield from _data_atoms(arg)
 
 
 @functools.lru_cache(maxsize=4096)

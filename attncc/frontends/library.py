@@ -25,7 +25,7 @@ from attncc.frontends.builder import (
     rsqrt,
     select,
 )
-from attncc.ir import Call, Cascade, Expr, substitute
+from attncc.ir import Access, Call, Cascade, DType, Expr, substitute, walk
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def _attention(
     scale: float | None,
     batched: bool,
     gqa_group: int | None,
+    mask: Expr | None = None,
 ) -> _Attention:
     b = CascadeBuilder(name)
     query_heads: tuple[Index, ...] = ()
@@ -90,6 +91,8 @@ def _attention(
     q = b.input("Q", [*query_heads, e, p])
     k = b.input("K", [*kv_heads, e, m])
     v = b.input("V", [*kv_heads, f, m])
+    for tensor, position in _mask_ids(mask, {"m": m, "p": p}).items():
+        b.input(tensor, [position], DType.I32)
     b.output("AV", [*query_heads, f, p])
     return _Attention(
         builder=b,
@@ -105,6 +108,23 @@ def _attention(
         p=p,
         scale=scale,
     )
+
+
+def _mask_ids(mask: Expr | None, positions: dict[str, Index]) -> dict[str, Index]:
+    """The id tensors a mask reads (`KDOC[m]`, `QDOC[p]`) with the position each is read at:
+    inputs of the cascade, one id per key or query position."""
+    found: dict[str, Index] = {}
+    for node in walk(mask) if mask is not None else ():
+        if not isinstance(node, Access):
+            continue
+        index = str(node.indices[0]) if len(node.indices) == 1 else None
+        if index not in positions:
+            raise ValueError(
+                f"the mask reads {node.tensor} at {', '.join(map(str, node.indices))}; library "
+                "cascades take masks reading ids at the key or the query position (KDOC[m])"
+            )
+        found[node.tensor] = positions[index]
+    return found
 
 
 def _masked(causal: bool, mask: Expr | None, key: Index, query: Index) -> dict[str, Any]:
@@ -138,6 +158,7 @@ def attention_3pass(
         scale=scale,
         batched=batched,
         gqa_group=gqa_group,
+        mask=mask,
     )
     b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
     QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_masked(causal, mask, m, p))
@@ -168,6 +189,7 @@ def attention_2pass(
         scale=scale,
         batched=batched,
         gqa_group=gqa_group,
+        mask=mask,
     )
     b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
     QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_masked(causal, mask, m, p))
@@ -201,6 +223,7 @@ def attention_1pass(
         scale=scale,
         batched=batched,
         gqa_group=gqa_group,
+        mask=mask,
     )
     b, h, hk, kv, e, f, p = a.builder, a.query_heads, a.kv_read, a.kv_heads, a.e, a.f, a.p
     m0 = b.rank("M0", tile)
