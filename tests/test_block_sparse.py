@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sympy
 
-from attncc.analysis import analyze, cascade_cost, evaluate
+from attncc.analysis import analyze, cascade_cost, evaluate, format_report
 from attncc.analysis.block_sparse import density_symbol, tile_count_formula, tile_map
 from attncc.analysis.report import bound_sizes
 from attncc.analysis.sparsity import classify_tiles
@@ -294,3 +294,10 @@ O[p] = C[M1,p] / D[M1,p]
     result, _ = run_pipeline(dense, "block-sparse(query_tile=2)")
     assert len(result.sparse) == 1
     check_equivalent(dense, result, trials=3)
+
+
+def test_a_density_that_depends_on_data_stays_a_symbol_in_reports() -> None:
+    sparse, _ = run_pipeline(attention_1pass(mask=masks.document()), "block-sparse")
+    report = format_report(analyze(sparse), {"M": 4096, "P": 4096, "E": 64, "F": 64})
+    (mac,) = [line for line in report.splitlines() if line.strip().startswith("mac ")]
+    assert mac.endswith("= 2.14748e+9*density_BQK")

@@ -35,6 +35,10 @@ def density_symbol(sparse: BlockSparse) -> sympy.Symbol:
     return sympy.Symbol(f"density_{sparse.tensor}", positive=True)
 
 
+def is_density(symbol: sympy.Symbol) -> bool:
+    return symbol.name.startswith("density_")
+
+
 def sparse_mask(cascade: Cascade, sparse: BlockSparse) -> tuple[Expr, str, str]:
     """The mask of `sparse` over the key position and the query index, with their names."""
     writer = cascade.writer(sparse.tensor)

@@ -11,7 +11,7 @@ from typing import Any
 
 import sympy
 
-from attncc.analysis.block_sparse import densities
+from attncc.analysis.block_sparse import densities, is_density
 from attncc.analysis.cost import CascadeCost, cascade_cost, evaluate
 from attncc.analysis.footprint import Footprint, footprint
 from attncc.analysis.passes import RankPasses, analyze_passes
@@ -70,12 +70,22 @@ class _Formatter:
         text = str(expr)
         if self.sizes is None:
             return text
-        value = evaluate(expr, self.sizes)
+        value = self.value(expr)
+        if isinstance(value, str):
+            return f"{text} = {value}"
         shown = f"{value:,}" if isinstance(value, int) else f"{value:,.6g}"
         return shown if text == str(value) else f"{text} = {shown}"
 
     def value(self, expr: sympy.Expr) -> str | int | float:
-        return str(expr) if self.sizes is None else evaluate(expr, self.sizes)
+        """The value at the sizes; a mask density that depends on data (document ids) stays
+        a symbol, with everything else evaluated."""
+        if self.sizes is None:
+            return str(expr)
+        unknown = [s for s in expr.free_symbols if s.name not in self.sizes]
+        if unknown and all(is_density(s) for s in unknown):
+            known = {s: self.sizes[s.name] for s in expr.free_symbols if s.name in self.sizes}
+            return str(sympy.N(expr.subs(known), 6))
+        return evaluate(expr, self.sizes)
 
 
 def format_report(analysis: Analysis, sizes: Mapping[str, int] | None = None) -> str:
