@@ -8,8 +8,9 @@ import pytest
 
 from attncc.analysis.sparsity import classify_tiles
 from attncc.analysis.tile_map import TileClass
-from attncc.cli import main, parse_mask_options
+from attncc.cli import main
 from attncc.frontends import masks as mk
+from attncc.frontends.mask_options import parse_mask_options
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
