@@ -121,12 +121,13 @@ def tile_count_formula(
     """The number of non-empty tiles of a self-attention mask (M = P = N) as a polynomial in
     N, with the least N from which it holds; None when none of degree <= 2 fits.
 
-    The count over lengths N = n*L (L the least common multiple of the tiles) is, for masks
-    of bounded reach, eventually a polynomial in n (an Ehrhart-style count of lattice points
-    in a parametric polytope). It is found by exact interpolation of classified counts and
-    checked against every sampled length from its start to `samples`*L; masks over a fixed
-    grid (neighborhoods) change meaning with N and get no formula from this. Lengths step by
-    the least common multiple of the tiles and the mask's divisors (block sizes, dilations)."""
+    Over lengths N = n*L (L the least common multiple of the tiles and of the mask's divisors:
+    block sizes, dilations) the count of masks of bounded reach is eventually a polynomial in
+    n (an Ehrhart-style count of lattice points in a parametric polytope). The polynomial is
+    fitted by exact interpolation of classified counts and checked at every sampled length
+    from its start to `samples`*L: a formula checked on those lengths, not a proof for all N
+    (tests check it far beyond). Masks over a fixed grid (neighborhoods) change meaning with
+    N and get no formula from this."""
     n_symbol = sympy.Symbol("n", positive=True, integer=True)
     size = length if length is not None else sympy.Symbol("N", positive=True, integer=True)
     try:
