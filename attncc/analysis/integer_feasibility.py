@@ -36,11 +36,17 @@ class Constraint:
 
 
 class Stuck(Exception):
-    """No variable left has coefficient 1 or -1 wherever it appears: `forms` relate them."""
+    """No variable left has coefficient 1 or -1 wherever it appears, or elimination would
+    make more than `MAX_FORMS` distinct forms: `forms` relate the variables."""
 
     def __init__(self, forms: list[Form]) -> None:
         super().__init__(", ".join(format_form(f) for f in forms))
         self.forms = forms
+
+
+MAX_FORMS = 64
+"""Elimination squares the number of constraints on a variable; masks need a handful. A
+system beyond this is refused rather than left to grow for minutes."""
 
 
 def format_form(form: Form) -> str:
@@ -61,6 +67,8 @@ def check_eliminable(forms: Iterable[Form]) -> None:
         using = [_unit(f, variable) for f in remaining if _coeff(f, variable)]
         derived = {_canonical(_combine(g, h, -1))[0] for g in using for h in using if g != h}
         remaining = {f for f in remaining if not _coeff(f, variable)} | (derived - {()})
+        if len(remaining) > MAX_FORMS:
+            raise Stuck(sorted(remaining)[:8])
 
 
 def feasible(constraints: list[Constraint]) -> np.ndarray:
@@ -85,6 +93,8 @@ def feasible(constraints: list[Constraint]) -> np.ndarray:
                     continue
                 # lo_i - f_i <= x <= hi_j - f_j for some x  <=>  f_j - f_i <= hi_j - lo_i.
                 ok = ok & _add(system, _combine(rest_j, rest_i, -1), None, hi_j - lo_i)
+        if len(system) > MAX_FORMS:
+            raise Stuck(sorted(system)[:8])
     return ok
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -85,6 +86,10 @@ def classify_tiles(
         can_true, np.where(can_false, TileClass.PARTIAL, TileClass.FULL), TileClass.EMPTY
     ).astype(np.int8)
     return TileMap(classes, key_len, query_len, key_tile, query_tile, context.exact)
+
+
+MAX_CASES = 4096
+"""Cell combinations one set of related variables may take; library masks need < 200."""
 
 
 def check_classifiable(
@@ -309,6 +314,11 @@ class _Context:
             list(self.component_cells(self.plan.components[index], group, box))
             for index, group in by_component.items()
         ]
+        if math.prod(len(o) for o in options) > MAX_CASES:
+            raise AnalysisError(
+                f"cannot classify tiles exactly: the mask ties {len(options)} sets of positions "
+                f"together in more than {MAX_CASES} cases; split it with mask_and/mask_or"
+            )
         can_true: np.ndarray = np.array(False)
         can_false: np.ndarray = np.array(False)
         for combination in itertools.product(*options):
@@ -328,6 +338,12 @@ class _Context:
     ) -> Iterator[tuple[dict[Atom, bool], np.ndarray]]:
         forms = sorted({a.form for a in atoms})
         cells = [_cells([a for a in atoms if a.form == form]) for form in forms]
+        cases = math.prod(len(c) for c in cells)
+        if cases > MAX_CASES:
+            raise AnalysisError(
+                f"cannot classify tiles exactly: the mask relates {', '.join(component.variables)}"
+                f" in {cases} cases (at most {MAX_CASES}); split it with mask_and/mask_or"
+            )
         for choice in itertools.product(*cells):
             try:
                 ok = feasible(
