@@ -61,7 +61,7 @@ def check_eliminable(forms: Iterable[Form]) -> None:
     """Raise `Stuck` unless systems over `forms` can be decided (only coefficients matter)."""
     remaining = {f for f in forms if f}
     while remaining:
-        variable = _pick({name for form in remaining for name, _ in form}, remaining)
+        variable = _pick(frozenset(n for form in remaining for n, _ in form), frozenset(remaining))
         if variable is None:
             raise Stuck(sorted(remaining))
         using = [_unit(f, variable) for f in remaining if _coeff(f, variable)]
@@ -78,7 +78,7 @@ def feasible(constraints: list[Constraint]) -> np.ndarray:
     for constraint in constraints:
         ok = ok & _add(system, constraint.form, constraint.lo, constraint.hi)
     while system:
-        variable = _pick({name for form in system for name, _ in form}, set(system))
+        variable = _pick(frozenset(n for form in system for n, _ in form), frozenset(system))
         if variable is None:
             raise Stuck(sorted(system))
         using = []
@@ -123,6 +123,7 @@ def _neg(bound: Bound) -> Bound:
     return None if bound is None else -bound
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical(raw: Form) -> tuple[Form, int, int]:
     """(form, sign, scale) with raw = sign * scale * form."""
     terms = [(n, c) for n, c in sorted(raw) if c != 0]
@@ -143,10 +144,12 @@ def _unit(form: Form, variable: str) -> Form:
     return _rest(tuple((n, sign * c) for n, c in form), variable)
 
 
+@functools.lru_cache(maxsize=4096)
 def _rest(form: Form, variable: str) -> Form:
     return tuple((n, c) for n, c in form if n != variable)
 
 
+@functools.lru_cache(maxsize=4096)
 def _combine(a: Form, b: Form, factor: int) -> Form:
     """a + factor * b."""
     total = dict(a)
@@ -155,7 +158,8 @@ def _combine(a: Form, b: Form, factor: int) -> Form:
     return tuple(sorted(total.items()))
 
 
-def _pick(variables: set[str], forms: set[Form]) -> str | None:
+@functools.lru_cache(maxsize=4096)
+def _pick(variables: frozenset[str], forms: frozenset[Form]) -> str | None:
     """A variable with coefficient +-1 wherever it appears, used by the fewest forms."""
     candidates = [
         (sum(1 for f in forms if _coeff(f, v)), v)
