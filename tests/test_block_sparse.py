@@ -301,3 +301,31 @@ def test_a_density_that_depends_on_data_stays_a_symbol_in_reports() -> None:
     report = format_report(analyze(sparse), {"M": 4096, "P": 4096, "E": 64, "F": 64})
     (mac,) = [line for line in report.splitlines() if line.strip().startswith("mac ")]
     assert mac.endswith("= 2.14748e+9*density_BQK")
+
+
+def test_every_mask_is_tried_and_each_refusal_said() -> None:
+    """Two masks in one loop: skipping the tiles of either would drop points of the other,
+    so both stay dense, each with its reason."""
+    text = (
+        HEAD
+        + """output O[p] : f32
+output Z[p] : f32
+X[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 <= p else -inf
+Z[p] = sum(m1,m0) exp(X[m1,m0,p])
+QK[m1,m0,p] = Q[e,p] * K[e,m1*M0+m0] where m1 * M0 + m0 >= p else -inf
+O[p] = sum(m1,m0) exp(QK[m1,m0,p])
+"""
+    )
+    result, records = run_pipeline(parse(text), "block-sparse(query_tile=2)")
+    assert result.sparse == ()
+    assert records[-1].remarks == (
+        "X kept dense: QK has a filter of its own",
+        "QK kept dense: X has a filter of its own",
+    )
+
+
+def test_the_pass_is_idempotent() -> None:
+    once, _ = run_pipeline(attention_1pass(causal=True, tile=4), "block-sparse(query_tile=2)")
+    twice, records = run_pipeline(once, "block-sparse(query_tile=2)")
+    assert twice == once
+    assert records[-1].remarks == ("BQK already block-sparse",)

@@ -71,24 +71,37 @@ class BlockSparsePass(CascadePass):
             raise PassError(f"block-sparse: no Einsum writes {self.tensor}")
         if not candidates:
             return PassResult(cascade, ("no mask over a partitioned key rank and one query",))
-        masked, part, query = candidates[0]
-        if any(s.tensor == masked.tensor for s in cascade.sparse):
-            return PassResult(cascade, (f"{masked.tensor} is already block-sparse",))
+        declared = {s.tensor for s in cascade.sparse}
+        if all(masked.tensor in declared for masked, _, _ in candidates):
+            return PassResult(cascade, (f"{', '.join(sorted(declared))} already block-sparse",))
+        candidates = [c for c in candidates if c[0].tensor not in declared]
+        refusals = []
+        for masked, part, query in candidates:
+            sparse, reason = self._declaration(cascade, masked, part, query)
+            if sparse is None:
+                refusals.append(f"{masked.tensor} kept dense: {reason}")
+                continue
+            rewritten, guarded = _guard_empty_rows(cascade, part.outer.lower(), query)
+            remarks = [f"{masked.tensor} skips EMPTY tiles of {part.outer} x {self.query_tile}"]
+            remarks += [f"{name}: rows with no visible key give 0" for name in guarded]
+            result = replace(rewritten, sparse=(*cascade.sparse, sparse))
+            return PassResult(result, (*refusals, *remarks))
+        return PassResult(cascade, tuple(refusals))
+
+    def _declaration(
+        self, cascade: Cascade, masked: Einsum, part: Partition, query: str
+    ) -> tuple[BlockSparse | None, str]:
+        """The `sparse` line for `masked`'s tiles, or None and why skipping is not safe."""
         reason = _skipping_changes_results(cascade, masked, part, query)
         if reason is not None:
-            return PassResult(cascade, (f"{masked.tensor} kept dense: {reason}",))
+            return None, reason
         query_rank = cascade.rank_of_index(query)
         assert query_rank is not None, "verified cascades index declared ranks"
         sparse = BlockSparse(
             masked.tensor, part.outer, query_rank.name, sympy.Integer(self.query_tile)
         )
         reason = _unclassifiable(cascade, sparse)
-        if reason is not None:
-            return PassResult(cascade, (f"{masked.tensor} kept dense: {reason}",))
-        rewritten, guarded = _guard_empty_rows(cascade, part.outer.lower(), query)
-        remarks = [f"{masked.tensor} skips EMPTY tiles of {part.outer} x {self.query_tile}"]
-        remarks += [f"{name}: rows with no visible key give 0" for name in guarded]
-        return PassResult(replace(rewritten, sparse=(*cascade.sparse, sparse)), tuple(remarks))
+        return (None, reason) if reason is not None else (sparse, "")
 
 
 def _unclassifiable(cascade: Cascade, sparse: BlockSparse) -> str | None:
