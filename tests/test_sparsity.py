@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mask_oracle import EMPTY, FULL, PARTIAL, brute_force_classes
 
+from attncc.analysis import sparsity
 from attncc.analysis.sparsity import classify_tiles
 from attncc.analysis.tile_map import BlockMask, TileClass, TileMap
 from attncc.errors import AnalysisError
@@ -751,3 +752,19 @@ def test_causal_at_long_context():
     assert np.array_equal(block_mask.kv.indices[:, 0], np.arange(t))
     assert np.array_equal(block_mask.full_kv.counts, np.arange(t))
     assert np.array_equal(block_mask.full_q.counts, np.arange(t)[::-1])
+
+
+@pytest.mark.parametrize("name", sorted(set(AFFINE) - {"document"}))
+@settings(max_examples=6)
+@given(data=st.data())
+def test_two_level_classification_is_exact(name, data):
+    """Coarse tiles first, then the tiles of PARTIAL coarse ones: the same classes."""
+    expr, n = AFFINE[name](data.draw)
+    shape = draw_shape(data.draw, n, n)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sparsity, "COARSE_FROM", 1)
+        patch.setattr(sparsity, "COARSE", data.draw(st.integers(2, 3)))
+        tile_map = classify_tiles(expr, **shape)
+    expected = brute_force_classes(expr, **shape)
+    wrong = np.argwhere(tile_map.classes != expected)
+    assert not len(wrong), describe(expr, shape, wrong) + " differ"

@@ -68,11 +68,61 @@ def classify_tiles(
         if not isinstance(value, int | np.integer) or value < 1:
             raise AnalysisError(f"{name} must be a positive integer, got {value!r}")
     lowered = lower_predicate(predicate, key=key, query=query, sizes=sizes)
+    tiles = math.ceil(key_len / key_tile) * math.ceil(query_len / query_tile)
+    if tiles >= COARSE_FROM and not any(True for _ in _data_atoms(lowered.formula)):
+        classes = _two_level(lowered, key_len, query_len, key_tile, query_tile)
+        return TileMap(classes, key_len, query_len, key_tile, query_tile)
+    classes, exact = _decide(
+        lowered,
+        _tiles(key_len, key_tile, axis=1),
+        _tiles(query_len, query_tile, axis=0),
+        data or {},
+    )
+    return TileMap(classes, key_len, query_len, key_tile, query_tile, exact)
+
+
+COARSE = 16
+"""Tiles per side of a coarse tile in two-level classification."""
+
+COARSE_FROM = 1 << 16
+"""Maps of this many tiles or more are classified coarse tiles first: a coarse tile that is
+EMPTY or FULL is so for each of its tiles, and only the tiles of PARTIAL coarse tiles are
+decided one by one (masks are sparse at long lengths, so most coarse tiles are EMPTY)."""
+
+
+def _two_level(
+    lowered: Lowered, key_len: int, query_len: int, key_tile: int, query_tile: int
+) -> np.ndarray:
+    coarse, _ = _decide(
+        lowered,
+        _tiles(key_len, key_tile * COARSE, axis=1),
+        _tiles(query_len, query_tile * COARSE, axis=0),
+        {},
+    )
+    shape = (math.ceil(query_len / query_tile), math.ceil(key_len / key_tile))
+    classes = coarse.repeat(COARSE, axis=0).repeat(COARSE, axis=1)[: shape[0], : shape[1]]
+    rows, cols = np.nonzero(classes == TileClass.PARTIAL)
+    # The tiles of PARTIAL coarse tiles, as aligned 1-D arrays of key and query intervals.
+    key_lo, query_lo = cols.astype(np.int64) * key_tile, rows.astype(np.int64) * query_tile
+    fine, _ = _decide(
+        lowered,
+        (key_lo, np.minimum(key_lo + key_tile, key_len) - 1),
+        (query_lo, np.minimum(query_lo + query_tile, query_len) - 1),
+        {},
+    )
+    classes[rows, cols] = fine
+    return classes
+
+
+def _decide(
+    lowered: Lowered, key_tiles: Interval, query_tiles: Interval, data: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, bool]:
+    """The TileClass of every tile the broadcast intervals describe (a grid of rows and
+    columns, or aligned lists), and whether data left some of them bounded only."""
     plan = _plan(lowered)
-    key_tiles = _tiles(key_len, key_tile, axis=1)
-    query_tiles = _tiles(query_len, query_tile, axis=0)
-    context = _Context(plan, key_tiles, query_tiles, key, query, data or {})
-    shape = (len(query_tiles[0]), key_tiles[0].shape[1])
+    key, query = lowered.key, lowered.query
+    context = _Context(plan, key_tiles, query_tiles, key, query, data)
+    shape = np.broadcast_shapes(key_tiles[0].shape, query_tiles[0].shape)
     can_true = np.zeros(shape, dtype=bool)
     can_false = np.zeros(shape, dtype=bool)
     key_boxes = list(_expand(plan.splits, {key: key_tiles}, True))
@@ -85,7 +135,7 @@ def classify_tiles(
     classes = np.where(
         can_true, np.where(can_false, TileClass.PARTIAL, TileClass.FULL), TileClass.EMPTY
     ).astype(np.int8)
-    return TileMap(classes, key_len, query_len, key_tile, query_tile, context.exact)
+    return classes, context.exact
 
 
 MAX_CASES = 4096
