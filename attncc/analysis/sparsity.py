@@ -198,17 +198,11 @@ def _expand(
 
 
 @dataclass(frozen=True)
-class _Component:
-    """Variables related by atoms, directly or through each other."""
-
-    variables: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class _Plan:
     splits: tuple[Split, ...]
     component_of: Mapping[str, int]
-    components: tuple[_Component, ...]
+    components: tuple[tuple[str, ...], ...]
+    """Variables related by atoms, directly or through each other."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -245,7 +239,7 @@ def _plan(lowered: Lowered) -> _Plan:
                 f"cannot classify tiles exactly: the mask relates {', '.join(sorted(names))} "
                 f"through {stuck}, where no variable has coefficient 1 everywhere"
             ) from None
-        components.append(_Component(tuple(sorted(names))))
+        components.append(tuple(sorted(names)))
         component_of.update(dict.fromkeys(names, index))
     return _Plan(lowered.splits, component_of, tuple(components))
 
@@ -384,20 +378,20 @@ class _Context:
         return can_true, can_false
 
     def component_cells(
-        self, component: _Component, atoms: list[Atom], box: Box
+        self, variables: tuple[str, ...], atoms: list[Atom], box: Box
     ) -> Iterator[tuple[dict[Atom, bool], np.ndarray]]:
         forms = sorted({a.form for a in atoms})
         cells = [_cells([a for a in atoms if a.form == form]) for form in forms]
         cases = math.prod(len(c) for c in cells)
         if cases > MAX_CASES:
             raise AnalysisError(
-                f"cannot classify tiles exactly: the mask relates {', '.join(component.variables)}"
+                f"cannot classify tiles exactly: the mask relates {', '.join(variables)}"
                 f" in {cases} cases (at most {MAX_CASES}); split it with mask_and/mask_or"
             )
         for choice in itertools.product(*cells):
             try:
                 ok = feasible(
-                    [Constraint(((v, 1),), *box[v]) for v in component.variables]
+                    [Constraint(((v, 1),), *box[v]) for v in variables]
                     + [Constraint(f, lo, hi) for f, (lo, hi) in zip(forms, choice, strict=True)]
                 )
             except Stuck as stuck:
