@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import sympy
@@ -85,24 +85,36 @@ class Lowered:
     splits: tuple[Split, ...]
 
 
-def conj(*args: Formula) -> Formula:
+def _flat(kind: type[And] | type[Or], args: tuple[Formula, ...]) -> Formula:
+    """`args` joined by `kind`, flattened, with constants folded: False absorbs an And and
+    vanishes from an Or, True the other way round."""
+    absorbing = kind is Or
     flat: list[Formula] = []
     for arg in args:
-        if arg is False:
-            return False
-        if arg is not True:
-            flat.extend(arg.args if isinstance(arg, And) else (arg,))
-    return True if not flat else flat[0] if len(flat) == 1 else And(tuple(flat))
+        if arg is absorbing:
+            return absorbing
+        if arg is not (not absorbing):
+            flat.extend(arg.args if isinstance(arg, kind) else (arg,))
+    return (not absorbing) if not flat else flat[0] if len(flat) == 1 else kind(tuple(flat))
+
+
+def conj(*args: Formula) -> Formula:
+    return _flat(And, args)
 
 
 def disj(*args: Formula) -> Formula:
-    flat: list[Formula] = []
-    for arg in args:
-        if arg is True:
-            return True
-        if arg is not False:
-            flat.extend(arg.args if isinstance(arg, Or) else (arg,))
-    return False if not flat else flat[0] if len(flat) == 1 else Or(tuple(flat))
+    return _flat(Or, args)
+
+
+def leaves(node: Formula) -> Iterator[Atom | DataAtom]:
+    """The atoms and data atoms of a formula, in order."""
+    if isinstance(node, Atom | DataAtom):
+        yield node
+    elif isinstance(node, Not):
+        yield from leaves(node.arg)
+    elif isinstance(node, And | Or):
+        for arg in node.args:
+            yield from leaves(arg)
 
 
 def negate(arg: Formula) -> Formula:

@@ -39,6 +39,7 @@ from attncc.analysis.predicate import (
     Not,
     Or,
     Split,
+    leaves,
     lower_predicate,
 )
 from attncc.analysis.tile_map import TileClass, TileMap
@@ -245,23 +246,11 @@ def _plan(lowered: Lowered) -> _Plan:
 
 
 def _atoms(node: Formula) -> Iterator[Atom]:
-    if isinstance(node, Atom):
-        yield node
-    elif isinstance(node, Not):
-        yield from _atoms(node.arg)
-    elif isinstance(node, And | Or):
-        for arg in node.args:
-            yield from _atoms(arg)
+    return (leaf for leaf in leaves(node) if isinstance(leaf, Atom))
 
 
 def _data_atoms(node: Formula) -> Iterator[DataAtom]:
-    if isinstance(node, DataAtom):
-        yield node
-    elif isinstance(node, Not):
-        yield from _data_atoms(node.arg)
-    elif isinstance(node, And | Or):
-        for arg in node.args:
-            yield from _data_atoms(arg)
+    return (leaf for leaf in leaves(node) if isinstance(leaf, DataAtom))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -160,10 +160,11 @@ def _check_epilogue(
 ) -> None:
     """After the loop only final values exist: running tensors at their last coordinate."""
     running = {e.tensor for e in body if e.iterative_index == index_name(part.outer)}
+    in_loop = {e.tensor for e in body}
     final = size_symbol(part.outer)
     for einsum in epilogue:
         for access in einsum.read_accesses():
-            if access.tensor in {e.tensor for e in body} and (
+            if access.tensor in in_loop and (
                 access.tensor not in running or final not in access.indices
             ):
                 raise LoweringError(

@@ -56,44 +56,11 @@ def _sub(a: Operand, b: Operand) -> Operand:
     return a if b == 0 else _call("sub", a, b)
 
 
-def _mul(a: Operand, b: Operand) -> Expr:
-    return _call("mul", a, b)
-
-
-def _floordiv(a: Operand, b: int) -> Expr:
-    return _call("floordiv", a, b)
-
-
-def _mod(a: Operand, b: int) -> Expr:
-    return _call("mod", a, b)
-
-
-def _max(a: Operand, b: Operand) -> Expr:
-    return _call("max", a, b)
-
-
-def _min(a: Operand, b: Operand) -> Expr:
-    return _call("min", a, b)
-
-
-def _abs(a: Operand) -> Expr:
-    return _call("abs", a)
-
-
-def _eq(a: Operand, b: Operand) -> Expr:
-    return _call("eq", a, b)
-
-
-def _ne(a: Operand, b: Operand) -> Expr:
-    return _call("ne", a, b)
-
-
-def _lt(a: Operand, b: Operand) -> Expr:
-    return _call("lt", a, b)
-
-
-def _le(a: Operand, b: Operand) -> Expr:
-    return _call("le", a, b)
+# Operators that build their call as is: `_le(m, p)` is `m <= p`.
+_mul, _floordiv, _mod, _max, _min, _abs, _eq, _ne, _lt, _le = (
+    functools.partial(_call, op)
+    for op in ("mul", "floordiv", "mod", "max", "min", "abs", "eq", "ne", "lt", "le")
+)
 
 
 def _and(*xs: Expr) -> Expr:

@@ -45,6 +45,7 @@ from attncc.ir import (
     walk,
 )
 from attncc.passes.base import CascadePass, PassResult
+from attncc.passes.folding import EXACT_OPS, exact_number
 from attncc.passes.registry import register
 
 
@@ -146,7 +147,7 @@ def _skipping_changes_results(
     for update in running:
         unknown = sympy.Symbol(f"r_{update.tensor}", **_REAL)
         start = _constant(update.init)
-        infinite = [_number(start)] if start is not None and math.isinf(start) else []
+        infinite = [exact_number(start)] if start is not None and math.isinf(start) else []
         choices.append([(update.tensor, value) for value in (unknown, *infinite)])
     for assumption in itertools.product(*choices):
         state = dict(assumption)
@@ -160,7 +161,7 @@ def _check_tile(
     body: list[Einsum], masked: Einsum, outer: str, query: str, state: dict[str, sympy.Expr]
 ) -> str | None:
     values: dict[str, sympy.Expr] = dict(state)
-    values[masked.tensor] = _number(_masked_value(masked))
+    values[masked.tensor] = exact_number(_masked_value(masked))
     for einsum in body:
         if einsum is masked:
             continue
@@ -192,13 +193,15 @@ def _read_after_loop(cascade: Cascade, body: list[Einsum], outer: str, query: st
     tiles are never computed."""
     running = {e.tensor for e in body if e.iterative_index == outer}
     totals = {e.tensor for e in body if e.reduced & {outer, query}}
+    per_tile = {e.tensor for e in body} - totals
     final = size_symbol(outer.upper())
     for einsum in cascade.einsums:
         if einsum in body:
             continue
         for access in einsum.read_accesses():
-            tile_values = access.tensor in {e.tensor for e in body} - totals
-            if tile_values and not (access.tensor in running and final in access.indices):
+            if access.tensor in per_tile and not (
+                access.tensor in running and final in access.indices
+            ):
                 return f"{einsum.tensor} reads {access.tensor} of single tiles outside the loop"
     return None
 
@@ -250,7 +253,7 @@ def _value(einsum: Einsum, values: Mapping[str, sympy.Expr], outer: str, query: 
 
 def _symbolic(expr: Expr, access: Callable[[Access], sympy.Expr]) -> sympy.Expr:
     if isinstance(expr, Const):
-        return _number(expr.value)
+        return exact_number(expr.value)
     if isinstance(expr, Coord):
         return sympy.Symbol(expr.name, integer=True)
     if isinstance(expr, Size):
@@ -259,47 +262,7 @@ def _symbolic(expr: Expr, access: Callable[[Access], sympy.Expr]) -> sympy.Expr:
         return access(expr)
     assert isinstance(expr, Call)
     args = [_symbolic(a, access) for a in expr.args]
-    return _SYMPY_OPS[expr.op](*args)
-
-
-def _number(value: float) -> sympy.Expr:
-    """Integers exactly (so that 0 * x is 0 and 1 * x is x), infinities as sympy's."""
-    if math.isinf(value):
-        return sympy.oo if value > 0 else -sympy.oo
-    return sympy.Integer(int(value)) if value.is_integer() else sympy.Float(value)
-
-
-_SYMPY_OPS = {
-    "add": lambda a, b: a + b,
-    "sub": lambda a, b: a - b,
-    "mul": lambda a, b: a * b,
-    "div": lambda a, b: a / b,
-    "neg": lambda a: -a,
-    "max": sympy.Max,
-    "min": sympy.Min,
-    "exp": sympy.exp,
-    "exp2": lambda a: sympy.Integer(2) ** a,
-    "log": sympy.log,
-    "log2": lambda a: sympy.log(a, 2),
-    "tanh": sympy.tanh,
-    "sigmoid": lambda a: 1 / (1 + sympy.exp(-a)),
-    "sqrt": sympy.sqrt,
-    "rsqrt": lambda a: 1 / sympy.sqrt(a),
-    "abs": sympy.Abs,
-    "select": lambda c, a, b: sympy.Piecewise((a, c), (b, True)),
-    "lt": sympy.Lt,
-    "le": sympy.Le,
-    "gt": sympy.Gt,
-    "ge": sympy.Ge,
-    "eq": lambda a, b: sympy.true if a == b else sympy.Eq(a, b),
-    "ne": lambda a, b: sympy.false if a == b else sympy.Ne(a, b),
-    "and": sympy.And,
-    "or": sympy.Or,
-    "not": sympy.Not,
-    "floordiv": lambda a, b: sympy.floor(a / b),
-    "mod": sympy.Mod,
-}
-"""What each IR operator means on sympy values (exact, with infinities)."""
+    return EXACT_OPS[expr.op](*args)
 
 
 def _constant(expr: Expr | None) -> float | None:

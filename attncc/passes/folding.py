@@ -86,7 +86,7 @@ def times(expr: Expr, constant: float) -> Expr:
 
 # ----------------------------------------------------------------------------- fold
 
-_EXACT: dict[str, Callable[..., sympy.Expr]] = {
+EXACT_OPS: dict[str, Callable[..., sympy.Expr]] = {
     "add": lambda a, b: a + b,
     "sub": lambda a, b: a - b,
     "mul": lambda a, b: a * b,
@@ -103,19 +103,39 @@ _EXACT: dict[str, Callable[..., sympy.Expr]] = {
     "rsqrt": lambda a: 1 / sympy.sqrt(a),
     "tanh": sympy.tanh,
     "sigmoid": lambda a: 1 / (1 + sympy.exp(-a)),
+    "select": lambda c, a, b: sympy.Piecewise((a, c), (b, True)),
+    "lt": sympy.Lt,
+    "le": sympy.Le,
+    "gt": sympy.Gt,
+    "ge": sympy.Ge,
+    "eq": lambda a, b: sympy.true if a == b else sympy.Eq(a, b),
+    "ne": lambda a, b: sympy.false if a == b else sympy.Ne(a, b),
+    "and": sympy.And,
+    "or": sympy.Or,
+    "not": sympy.Not,
+    "floordiv": lambda a, b: sympy.floor(a / b),
+    "mod": sympy.Mod,
 }
-"""Map operators folded by exact evaluation; comparisons, select and // % are left alone."""
+"""What each IR map operator means on exact sympy values, infinities included."""
+
+_FOLDED = frozenset(EXACT_OPS) - {
+    "select", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not", "floordiv", "mod"
+}  # fmt: skip
+"""Operators folded by exact evaluation; comparisons, select and // % are left alone."""
+
+
+def exact_number(value: float) -> sympy.Expr:
+    """A float's exact value (its binary value, not its decimal text); infinities as sympy's."""
+    if math.isinf(value):
+        return sympy.oo if value > 0 else -sympy.oo
+    return sympy.Rational(value)
 
 
 def _exact(expr: Expr, sizes: Mapping[str, int]) -> sympy.Expr | None:
     """A constant or a known rank size as an exact number; None for anything else."""
     if isinstance(expr, Size):
         return sympy.Integer(sizes[expr.rank]) if expr.rank in sizes else None
-    if not isinstance(expr, Const):
-        return None
-    if math.isinf(expr.value):
-        return sympy.oo if expr.value > 0 else -sympy.oo
-    return sympy.Rational(expr.value)  # the binary value itself, not its decimal text
+    return exact_number(expr.value) if isinstance(expr, Const) else None
 
 
 def _rounded(value: sympy.Expr) -> float | None:
@@ -130,11 +150,11 @@ def _rounded(value: sympy.Expr) -> float | None:
 def _evaluate(call: Call, sizes: Mapping[str, int]) -> Expr | None:
     # rsqrt(E) -> 0.125 (rank E = 64): constant operands fold to the rounded exact value
     operands = [x for a in call.args if (x := _exact(a, sizes)) is not None]
-    if call.op not in _EXACT or len(operands) < len(call.args):
+    if call.op not in _FOLDED or len(operands) < len(call.args):
         return None
     if call.op in ("exp", "exp2", "sigmoid", "tanh") and abs(operands[0]) > _LARGEST_EXPONENT:
         return None
-    folded = _rounded(_EXACT[call.op](*operands))
+    folded = _rounded(EXACT_OPS[call.op](*operands))
     return None if folded is None else Const(folded)
 
 
