@@ -18,15 +18,22 @@ not in this form; emitters never guess.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import sympy
 
 from attncc.errors import LoweringError
 from attncc.ir import (
     BlockSparse,
+    Call,
     Cascade,
     Einsum,
+    Expr,
     Partition,
+    as_index,
     index_name,
+    index_symbol,
     index_vars,
     size_symbol,
     verify,
@@ -172,3 +179,72 @@ def _check_epilogue(
                     f"only final running values ({', '.join(sorted(running))} at "
                     f"{part.outer}) are kept"
                 )
+
+
+def retile(
+    cascade: Cascade, *, key_tile: int | None = None, query_tile: int | None = None
+) -> Cascade:
+    """`cascade` with its key tiles `key_tile` long and its block-sparse query tiles
+    `query_tile` long: the same results, another loop nest (bigger tiles for NumPy, tuned
+    ones for a GPU). Refused where the tile size is more than a tiling: where a value reads it
+    (`Size M0` in an expression) or an index uses it other than in `m1*M0 + m0`."""
+    verify(cascade)
+    if key_tile is not None:
+        cascade = _retile_keys(cascade, key_tile)
+    if query_tile is not None:
+        if query_tile < 1:
+            raise LoweringError(f"query tile must be positive, got {query_tile}")
+        tile = sympy.Integer(query_tile)
+        cascade = replace(
+            cascade, sparse=tuple(replace(s, query_tile=tile) for s in cascade.sparse)
+        )
+    return cascade
+
+
+def _retile_keys(cascade: Cascade, key_tile: int) -> Cascade:
+    if key_tile < 1:
+        raise LoweringError(f"key tile must be positive, got {key_tile}")
+    part = _key_partition(cascade)
+    inner = size_symbol(part.inner)
+    # In terms of the key position m, m0 = m - m1*M0: what still mentions M0 or m1 then
+    # depends on the tiling, not only on the keys.
+    position = {
+        index_symbol(index_name(part.inner)): index_symbol(index_name(part.rank))
+        - index_symbol(index_name(part.outer)) * inner
+    }
+
+    outer = index_symbol(index_name(part.outer))
+
+    def tiled(index: sympy.Expr) -> bool:
+        left = sympy.expand(index.xreplace(position)).free_symbols
+        return inner in left or outer in left
+
+    for einsum in cascade.einsums:
+        for value in einsum.parts():
+            if _value_uses(value, tiled):
+                raise LoweringError(
+                    f"Einsum {einsum.tensor} computes with the key tile size {part.inner} "
+                    "(not as m1*M0 + m0): its result depends on the tiling, which must stay"
+                )
+        for index in (*einsum.indices, *(i for a in einsum.read_accesses() for i in a.indices)):
+            if inner in index.free_symbols and tiled(index):
+                raise LoweringError(
+                    f"Einsum {einsum.tensor} indexes with {index}, which uses the key tile "
+                    f"size {part.inner} other than in {part.recombined()}; it cannot be retiled"
+                )
+    ranks = tuple(
+        replace(r, size=sympy.Integer(key_tile)) if r.name == part.inner else r
+        for r in cascade.ranks
+    )
+    return replace(cascade, ranks=ranks)
+
+
+def _value_uses(expr: Expr, tiled: Callable[[sympy.Expr], bool]) -> bool:
+    """Whether a value expression has an index-like part (`m1*M0 + m0 <= p` has one) that
+    `tiled` flags, or uses a size outside of one."""
+    index = as_index(expr)
+    if index is not None:
+        return tiled(index)
+    if isinstance(expr, Call):
+        return any(_value_uses(arg, tiled) for arg in expr.args)
+    return False

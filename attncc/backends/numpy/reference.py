@@ -76,7 +76,7 @@ def interpret(
     along their iterative rank).
     """
     verify(cascade)
-    arrays, dtype = _prepare_inputs(cascade, inputs)
+    arrays, dtype = prepare_inputs(cascade, inputs)
     bound = bind_sizes(cascade, sizes, {name: a.shape for name, a in arrays.items()})
     run = _Run(cascade, bound, dtype, arrays)
     with np.errstate(all="ignore"):
@@ -90,7 +90,7 @@ def interpret(
     return {name: run.tensors[name] for name in names}
 
 
-def _prepare_inputs(
+def prepare_inputs(
     cascade: Cascade, inputs: Mapping[str, npt.ArrayLike]
 ) -> tuple[dict[str, np.ndarray], np.dtype]:
     declared = {d.name: d for d in cascade.inputs}

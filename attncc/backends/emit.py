@@ -1,0 +1,163 @@
+"""Expressions and tile operations as source text, shared by the Triton and NumPy emitters.
+
+An emitter supplies a `Dialect`: how its language spells a constant, a coordinate, an operand,
+an operator, a broadcast, a reduction and a matrix product. Everything else (which operand
+broadcasts how, where a filter applies, what a reduction's masked lanes hold) is decided here
+once, so the two emitters cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from attncc.backends.tile_program import Operand, OpKind, TileOp, TileProgram
+from attncc.ir import Access, Call, Const, Coord, Expr, ReduceOp, Size
+
+IDENTITY: dict[ReduceOp, float] = {
+    ReduceOp.SUM: 0.0,
+    ReduceOp.MAX: -math.inf,
+    ReduceOp.MIN: math.inf,
+}
+
+
+@dataclass(frozen=True)
+class Code:
+    """Source text of a value over tile `axes` (canonical order); `uniform` when it is the
+    same for every program of the grid and every lane (a constant, a size, the tile index)."""
+
+    text: str
+    axes: tuple[str, ...] = ()
+    uniform: bool = False
+
+
+class Dialect(Protocol):
+    def constant(self, value: float) -> str: ...
+
+    def coordinate(self, var: str) -> Code: ...
+
+    def size(self, rank: str) -> Code: ...
+
+    def operand(self, access: Access, operand: Operand) -> Code: ...
+
+    def call(self, op: str, args: list[str], *, uniform: bool = False) -> str:
+        """Operator `op` applied to `args`; `uniform` when every argument is."""
+        ...
+
+    def expand(self, code: Code, axes: tuple[str, ...]) -> str:
+        """`code` broadcastable against a tile over `axes` (a superset of its axes)."""
+        ...
+
+    def full(self, code: Code, axes: tuple[str, ...]) -> str:
+        """`code` as a whole tile over `axes`, every lane materialized."""
+        ...
+
+    def reduce(self, op: ReduceOp, code: Code, axis: str) -> str: ...
+
+    def dot(self, lhs: Code, rhs: Code, axis: str) -> Code: ...
+
+
+def expression(expr: Expr, program: TileProgram, dialect: Dialect) -> Code:
+    """`expr` as source text over the tile axes it spans."""
+    if isinstance(expr, Const):
+        return Code(dialect.constant(expr.value), uniform=True)
+    if isinstance(expr, Coord):
+        return dialect.coordinate(expr.name)
+    if isinstance(expr, Size):
+        return dialect.size(expr.rank)
+    if isinstance(expr, Access):
+        return dialect.operand(expr, program.operand(expr))
+    assert isinstance(expr, Call)
+    args = [expression(a, program, dialect) for a in expr.args]
+    axes = program.ordered(a for arg in args for a in arg.axes)
+    uniform = all(arg.uniform for arg in args)
+    text = dialect.call(expr.op, [dialect.expand(arg, axes) for arg in args], uniform=uniform)
+    return Code(text, axes, uniform)
+
+
+def tile_value(op: TileOp, program: TileProgram, dialect: Dialect, *, masked: bool) -> Code:
+    """The value `op` computes, over exactly `op.axes`. `masked` False leaves out the
+    block-sparse mask (a FULL tile); other filters always apply."""
+    einsum = op.einsum
+    apply_filter = einsum.filter is not None and (masked or not op.sparse_mask)
+
+    def filtered(value: Code, otherwise: float) -> Code:
+        if not apply_filter or einsum.filter is None:
+            return value
+        predicate = expression(einsum.filter.predicate, program, dialect)
+        axes = program.ordered((*value.axes, *predicate.axes))
+        fill = Code(dialect.constant(otherwise), uniform=True)
+        text = dialect.call(
+            "select",
+            [
+                dialect.expand(predicate, axes),
+                dialect.expand(value, axes),
+                dialect.expand(fill, axes),
+            ],
+        )
+        return Code(text, axes, value.uniform and predicate.uniform)
+
+    fill = einsum.filter.fill if einsum.filter is not None else None
+    if op.kind is OpKind.MAP:
+        value = filtered(expression(einsum.expr, program, dialect), fill or 0.0)
+        return Code(dialect.full(value, op.axes), op.axes)
+    assert einsum.reduce is not None and op.reduced is not None
+    if op.kind is OpKind.REDUCE:
+        value = filtered(expression(einsum.expr, program, dialect), IDENTITY[einsum.reduce])
+        over = program.ordered((*op.axes, op.reduced))
+        spread = Code(dialect.full(value, over), over)
+        return Code(dialect.reduce(einsum.reduce, spread, op.reduced), op.axes)
+    assert op.contraction is not None
+    lhs = expression(op.contraction.lhs, program, dialect)
+    rhs = expression(op.contraction.rhs, program, dialect)
+    result = dialect.dot(lhs, rhs, op.reduced)
+    for factor in op.contraction.rest:
+        scale = expression(factor, program, dialect)
+        axes = program.ordered((*result.axes, *scale.axes))
+        text = dialect.call("mul", [dialect.expand(result, axes), dialect.expand(scale, axes)])
+        result = Code(text, axes)
+    value = filtered(result, fill if fill is not None else IDENTITY[einsum.reduce])
+    return Code(dialect.full(value, op.axes), op.axes)
+
+
+def initial_value(op: TileOp, program: TileProgram, dialect: Dialect) -> Code:
+    """A running update's value before the first key tile, over `op.axes`."""
+    assert op.einsum.init is not None, "verified running updates have an initial value"
+    value = expression(op.einsum.init, program, dialect)
+    return Code(dialect.full(value, op.axes), op.axes)
+
+
+def value_name(tensor: str, *, previous: bool = False) -> str:
+    """The variable holding a computed tile. A running value lives in `c_X` across key tiles
+    and its update in `v_X` until the end of the tile; after the loop `v_X` holds the final
+    value. The prefixes keep names fresh whatever the cascade calls its tensors."""
+    return f"c_{tensor}" if previous else f"v_{tensor}"
+
+
+class SourceWriter:
+    """Lines of generated Python with their indentation."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._depth = 0
+
+    def line(self, text: str) -> None:
+        self._lines.append("    " * self._depth + text if text else "")
+
+    def lines(self, texts: list[str]) -> None:
+        for text in texts:
+            self.line(text)
+
+    @contextlib.contextmanager
+    def indented(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n"

@@ -1,0 +1,323 @@
+"""The NumPy emitter: a tile program as a Python function over NumPy arrays.
+
+The function walks the query tiles and, for each, the key tiles its block list names, in
+ascending order; every grid point (batch, head) of a tile is computed at once, so each tile
+operation is one batched NumPy call (a BLAS matmul for a contraction). Arrays are laid out as
+(grid..., tile axes...) with extent 1 where a value does not vary. The last tiles are simply
+shorter slices, so only the block-sparse mask, and only on PARTIAL tiles, costs mask work;
+nothing ever spans all queries by all keys.
+
+The generated source is what `attncc lower --target numpy` prints; `run_tiled` executes it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sympy
+
+from attncc.backends.emit import (
+    Code,
+    SourceWriter,
+    expression,
+    initial_value,
+    tile_value,
+    value_name,
+)
+from attncc.backends.tile_program import InputRead, Operand, TileOp, TileProgram, ValueRead
+from attncc.errors import LoweringError
+from attncc.ir import Access, ReduceOp, index_value
+
+_REDUCE = {ReduceOp.SUM: "np.sum", ReduceOp.MAX: "np.max", ReduceOp.MIN: "np.min"}
+
+_CALLS = {
+    "add": "({0} + {1})",
+    "sub": "({0} - {1})",
+    "mul": "({0} * {1})",
+    "div": "({0} / {1})",
+    "floordiv": "({0} // {1})",
+    "mod": "({0} % {1})",
+    "neg": "(-{0})",
+    "max": "np.maximum({0}, {1})",
+    "min": "np.minimum({0}, {1})",
+    "exp": "np.exp({0})",
+    "exp2": "np.exp2({0})",
+    "log": "np.log({0})",
+    "log2": "np.log2({0})",
+    "tanh": "np.tanh({0})",
+    "sigmoid": "_sigmoid({0})",
+    "sqrt": "np.sqrt({0})",
+    "rsqrt": "(1.0 / np.sqrt({0}))",
+    "abs": "np.abs({0})",
+    "select": "np.where({0}, {1}, {2})",
+    "lt": "({0} < {1})",
+    "le": "({0} <= {1})",
+    "gt": "({0} > {1})",
+    "ge": "({0} >= {1})",
+    "eq": "({0} == {1})",
+    "ne": "({0} != {1})",
+    "and": "({0} & {1})",
+    "or": "({0} | {1})",
+    "not": "(~{0})",
+}
+
+_FLOAT_OPS = frozenset(("div", "exp", "exp2", "log", "log2", "tanh", "sigmoid", "sqrt", "rsqrt"))
+
+_PRELUDE = """\
+import numpy as np
+
+
+def _sigmoid(x):
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+"""
+
+
+class NumpyDialect:
+    """Spelling of tile operations for arrays laid out (grid..., tile axes...)."""
+
+    def __init__(self, program: TileProgram, writer: SourceWriter) -> None:
+        self.program = program
+        self.writer = writer
+        self.loads: dict[Access, str] = {}
+
+    def constant(self, value: float) -> str:
+        if math.isinf(value):
+            return "np.inf" if value > 0 else "-np.inf"
+        return repr(int(value)) if value.is_integer() and abs(value) < 2**31 else repr(value)
+
+    def coordinate(self, var: str) -> Code:
+        program = self.program
+        if var == program.key_tiles:
+            return Code("m1", uniform=True)
+        if var in program.grid:
+            return Code(f"g_{var}")
+        if var in program.axis_order:
+            return Code(f"x_{var}", (var,))
+        raise LoweringError(f"coordinate {var} is neither a grid, tile nor loop index")
+
+    def size(self, rank: str) -> Code:
+        return Code(f"s_{rank}", uniform=True)
+
+    def operand(self, access: Access, operand: Operand) -> Code:
+        if isinstance(operand, ValueRead):
+            axes = self.program.value_axes[operand.tensor]
+            return Code(value_name(operand.tensor, previous=operand.previous), axes)
+        if access not in self.loads:
+            name = f"ld{len(self.loads)}_{operand.access.tensor}"
+            self.writer.line(f"{name} = {self._load(operand)}")
+            self.loads[access] = name
+        return Code(self.loads[access], self.program.operand_axes(operand))
+
+    def call(self, op: str, args: list[str], *, uniform: bool = False) -> str:
+        text = _CALLS[op].format(*args)
+        # NumPy scalars of uniform values would be float64 and promote float32 tiles.
+        return f"float({text})" if uniform and op in _FLOAT_OPS else text
+
+    def expand(self, code: Code, axes: tuple[str, ...]) -> str:
+        if code.uniform or code.axes == axes:
+            return code.text
+        picks = ", ".join(":" if a in code.axes else "None" for a in axes)
+        return f"{code.text}[..., {picks}]"
+
+    def full(self, code: Code, axes: tuple[str, ...]) -> str:
+        # Broadcasting views are enough: NumPy never needs every lane materialized, except
+        # for a uniform value that becomes a loop-carried tile.
+        if code.uniform:
+            return f"np.full(_grid + {self._shape(axes)}, {code.text}, dtype=_dtype)"
+        return self.expand(code, axes)
+
+    def reduce(self, op: ReduceOp, code: Code, axis: str) -> str:
+        position = code.axes.index(axis) - len(code.axes)
+        return f"{_REDUCE[op]}({code.text}, axis={position})"
+
+    def dot(self, lhs: Code, rhs: Code, axis: str) -> Code:
+        (i,) = [a for a in lhs.axes if a != axis]
+        (j,) = [a for a in rhs.axes if a != axis]
+        a = lhs.text if lhs.axes == (i, axis) else f"np.swapaxes({lhs.text}, -1, -2)"
+        b = rhs.text if rhs.axes == (axis, j) else f"np.swapaxes({rhs.text}, -1, -2)"
+        text = f"np.matmul({a}, {b})"
+        if self.program.ordered((i, j)) != (i, j):
+            return Code(f"np.swapaxes({text}, -1, -2)", (j, i))
+        return Code(text, (i, j))
+
+    def _shape(self, axes: tuple[str, ...]) -> str:
+        return "(" + "".join(f"n_{a}, " for a in axes) + ")"
+
+    def _load(self, read: InputRead) -> str:
+        basic = self._basic_load(read)
+        if basic is not None:
+            return basic
+        # Any other index: one integer array per rank, broadcast over (grid..., axes...).
+        axes = self.program.operand_axes(read)
+        picks = []
+        for index in read.access.indices:
+            code = expression(index_value(index), self.program, self)
+            picks.append(self.expand(code, axes) if not code.uniform else code.text)
+        return f"{read.access.tensor}[{', '.join(picks)}]"
+
+    def _basic_load(self, read: InputRead) -> str | None:
+        """A view for reads at plain indices (grid, query, feature, the key position), the
+        common case; None for anything else."""
+        program = self.program
+        key_position = sympy.sympify(
+            f"{program.schedule.key.inner}*{program.key_tiles} + {program.key}"
+        )
+        picks, labels = [], []
+        for index in read.access.indices:
+            if index.is_Integer:
+                picks.append(str(index))
+            elif sympy.expand(index - key_position) == 0:
+                picks.append(f"m1 * s_{program.schedule.key.inner}:][:n_{program.key}")
+                labels.append(program.key)
+            elif index.is_Symbol and index.name == program.query:
+                picks.append("p0:p1")
+                labels.append(program.query)
+            elif index.is_Symbol and (
+                index.name in program.grid or index.name in program.axis_order
+            ):
+                picks.append(":")
+                labels.append(index.name)
+            else:
+                return None
+        return self._arrange(read.access.tensor, picks, labels)
+
+    def _arrange(self, tensor: str, picks: list[str], labels: list[str]) -> str:
+        """`tensor[picks]` with its dimensions put in (grid..., axes...) order."""
+        target = [*self.program.grid, *self.program.ordered(labels)]
+        order = sorted(range(len(labels)), key=lambda d: target.index(labels[d]))
+        text = self._sliced(tensor, picks)
+        if order != list(range(len(labels))):
+            text = f"{text}.transpose({', '.join(map(str, order))})"
+        present = set(labels)
+        if all(g in present for g in self.program.grid):
+            return text
+        grid = ", ".join(":" if g in present else "None" for g in self.program.grid)
+        rest = ", ".join(":" for a in target if a not in self.program.grid)
+        return f"{text}[{', '.join(x for x in (grid, rest) if x)}]"
+
+    @staticmethod
+    def _sliced(tensor: str, picks: list[str]) -> str:
+        # The key position is a slice that starts at the tile, then keeps the tile's length:
+        # `K[:, m1*M0:][:n]` is two indexings; keep every other rank's pick in the first.
+        if not any("][" in p for p in picks):
+            return f"{tensor}[{', '.join(picks)}]"
+        first = [p.split("][")[0] for p in picks]
+        second = [p.split("][")[1] if "][" in p else ":" for p in picks]
+        return f"{tensor}[{', '.join(first)}][{', '.join(second)}]"
+
+
+def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
+    """Python source of `function(inputs, sizes, tiles, dtype)` computing the program's
+    outputs; `tiles` is (counts, indices, full) per query tile (`tile_lists`)."""
+    nest = program.schedule
+    cascade = nest.cascade
+    writer = SourceWriter()
+    writer.lines(_PRELUDE.splitlines())
+    writer.line("")
+    writer.line("")
+    writer.line(f"def {function}(inputs, sizes, tiles, dtype):")
+    with writer.indented():
+        writer.line(f'"""{cascade.name}: {len(cascade.einsums)} Einsums, tiled by attncc."""')
+        for decl in cascade.inputs:
+            writer.line(f'{decl.name} = inputs["{decl.name}"]')
+        for rank in sorted(r.name for r in cascade.all_ranks()):
+            writer.line(f's_{rank} = sizes["{rank}"]')
+        writer.line("_dtype = dtype")
+        grid_shape = ", ".join(f"s_{_rank_of(program, g)}" for g in program.grid)
+        writer.line(f"_grid = ({grid_shape}{',' if len(program.grid) == 1 else ''})")
+        for n, var in enumerate(program.grid):
+            shape = ", ".join("-1" if k == n else "1" for k in range(len(program.grid)))
+            writer.line(f"g_{var} = np.arange(s_{_rank_of(program, var)}).reshape({shape})")
+        lead = "1, " * len(program.grid)
+        for var in program.features:
+            writer.line(f"n_{var} = s_{_rank_of(program, var)}")
+            writer.line(f"x_{var} = np.arange(n_{var}).reshape({lead}-1)")
+        for decl in cascade.outputs:
+            dims = ", ".join(f"s_{r}" for r in decl.ranks)
+            writer.line(f"out_{decl.name} = np.empty(({dims},), dtype=_dtype)")
+        writer.line("counts, indices, full = tiles")
+        query_tile, query_rank = nest.query_tile, _rank_of(program, program.query)
+        writer.line(f"for qt in range(-(-s_{query_rank} // {query_tile})):")
+        with writer.indented():
+            _query_tile(program, writer, query_tile, query_rank)
+        outputs = ", ".join(f'"{d.name}": out_{d.name}' for d in cascade.outputs)
+        writer.line(f"return {{{outputs}}}")
+    return writer.text()
+
+
+def _query_tile(program: TileProgram, writer: SourceWriter, tile: int, rank: str) -> None:
+    query, key = program.query, program.key
+    inner = program.schedule.key.inner
+    writer.line(f"p0 = qt * {tile}")
+    writer.line(f"p1 = min(p0 + {tile}, s_{rank})")
+    writer.line(f"n_{query} = p1 - p0")
+    writer.line(f"x_{query} = np.arange(p0, p1).reshape({'1, ' * len(program.grid)}-1)")
+    dialect = NumpyDialect(program, writer)
+    _ops(program.prologue, program, dialect, writer, masked=True)
+    for op in program.body:
+        if op.carried:
+            initial = initial_value(op, program, dialect).text
+            writer.line(f"{value_name(op.tensor, previous=True)} = {initial}")
+    writer.line("for j in range(counts[qt]):")
+    with writer.indented():
+        writer.line("m1 = int(indices[qt, j])")
+        writer.line(f"n_{key} = min(s_{inner}, s_{program.schedule.key.rank} - m1 * s_{inner})")
+        writer.line(f"x_{key} = np.arange(n_{key}).reshape({'1, ' * len(program.grid)}-1)")
+        if any(op.sparse_mask for op in program.body):
+            writer.line("if full[qt, j]:")
+            with writer.indented():
+                _ops(program.body, program, NumpyDialect(program, writer), writer, masked=False)
+            writer.line("else:")
+            with writer.indented():
+                _ops(program.body, program, NumpyDialect(program, writer), writer, masked=True)
+        else:
+            _ops(program.body, program, NumpyDialect(program, writer), writer, masked=True)
+        for op in program.body:
+            if op.carried:
+                writer.line(f"{value_name(op.tensor, previous=True)} = {value_name(op.tensor)}")
+    for op in program.body:
+        if op.carried:
+            writer.line(f"{value_name(op.tensor)} = {value_name(op.tensor, previous=True)}")
+    _ops(program.epilogue, program, NumpyDialect(program, writer), writer, masked=True)
+
+
+def _ops(
+    ops: tuple[TileOp, ...],
+    program: TileProgram,
+    dialect: NumpyDialect,
+    writer: SourceWriter,
+    *,
+    masked: bool,
+) -> None:
+    outputs = set(program.schedule.cascade.output_names())
+    for op in ops:
+        value = tile_value(op, program, dialect, masked=masked)
+        writer.line(f"{value_name(op.tensor)} = {value.text}")
+        if op.tensor in outputs:
+            _store(op, program, writer)
+
+
+def _store(op: TileOp, program: TileProgram, writer: SourceWriter) -> None:
+    picks, labels = [], []
+    for index in op.einsum.indices:
+        if not index.is_Symbol:
+            raise LoweringError(
+                f"output {op.tensor} is written at {index}; outputs are written at plain indices"
+            )
+        picks.append("p0:p1" if index.name == program.query else ":")
+        labels.append(index.name)
+    layout = [*program.grid, *op.axes]
+    order = [layout.index(label) for label in labels]
+    missing = [g for g in program.grid if g not in labels]
+    if missing:
+        raise LoweringError(f"output {op.tensor} does not index grid rank(s) {', '.join(missing)}")
+    permutation = ", ".join(map(str, order))
+    value = f"np.transpose({value_name(op.tensor)}, ({permutation},))"
+    writer.line(f"out_{op.tensor}[{', '.join(picks)}] = {value}")
+
+
+def _rank_of(program: TileProgram, var: str) -> str:
+    rank = program.schedule.cascade.rank_of_index(var)
+    assert rank is not None, f"index {var} has a rank"
+    return rank.name
