@@ -25,5 +25,8 @@ lint: setup
 	$(BIN)/ruff format --check attncc tests benchmarks
 	$(BIN)/mypy
 
+# Triton's interpreter (kernels on the CPU) and its CUDA compiler cannot share a process:
+# the suite runs the kernels interpreted, then the compile-for-sm_80/sm_90 tests natively.
 test: lint
-	$(BIN)/python -m pytest -n auto -q
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n auto -q -m "not cuda_compile"
+	$(BIN)/python -m pytest -n auto -q -m cuda_compile

@@ -54,6 +54,22 @@ def cache_key(**parts: object) -> str:
     return digest[:_KEY_HEX_DIGITS]
 
 
+def source_digest(*modules: types.ModuleType) -> str:
+    """A digest of the source files of `modules` (the emitters): a cache key part that changes
+    whenever the code that generates a kernel changes, with no version to remember to bump."""
+    return _source_digest(tuple(m.__name__ for m in modules))
+
+
+@functools.cache
+def _source_digest(names: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for name in names:
+        path = sys.modules[name].__file__
+        assert path is not None, f"module {name} has a source file"
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:_KEY_HEX_DIGITS]
+
+
 def _canonical(value: object, part: str) -> str:
     """`value` as text that depends only on the value, never on the process: frozensets are
     sorted because their iteration order follows the per-process string hash seed."""

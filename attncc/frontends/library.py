@@ -5,14 +5,16 @@ sequence, M the key/value sequence, E and F the head dimensions. `batched` adds 
 ranks in front (Q[b,h,e,p]); `gqa_group` makes `gqa_group` query heads share one key/value
 head (K[b,g,e,m] read as K[b,h//R,e,m]). `causal` masks key m from query p unless m <= p
 (scaled_dot_product_attention's is_causal); `mask` is any predicate over key position m and
-query position p (`attncc.frontends.masks`). Sizes left as None stay symbolic.
+query position p (`attncc.frontends.masks`). `score` (a ScoreMod) changes the scores before
+the softmax: soft-capping, ALiBi, an additive bias, a relative-position table. Sizes left as
+None stay symbolic.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from attncc.frontends.builder import (
@@ -21,16 +23,56 @@ from attncc.frontends.builder import (
     TensorRef,
     Value,
     exp,
+    exp2,
+    log,
     maximum,
     rsqrt,
     select,
+    sigmoid,
+    tanh,
 )
 from attncc.ir import Access, Call, Cascade, DType, Expr, substitute, walk
 
 
 @dataclass(frozen=True)
+class ScoreMod:
+    """Changes to the score s = Q·K * scale before the softmax (or sigmoid) reads it.
+
+    In this order: s gains the additive terms that are on, ALiBi's, then BIAS's, then REL's,
+    and is then soft-capped; masks (causal, mask=) apply last, to the result.
+
+    - `softcap`: s -> softcap * tanh(s / softcap) (Gemma 2, Grok-1): scores stay inside
+      (-softcap, softcap).
+    - `alibi`: s += slope_h * (m - p) with slope_h = 2^(-8 (h+1) / H) for query head h of H
+      (Press et al., ALiBi). That is the paper's formula for H a power of two; it is used as
+      is for any H (ALiBi's reference code builds other head counts from the neighbouring
+      powers of two instead). Needs head ranks (batched=True or gqa_group).
+    - `bias`: s += BIAS[*query heads, p, m], an input in the layout of scaled_dot_product_
+      attention's float attn_mask (query before key), so it passes without a transpose.
+    - `rel_bias`: s += REL[h, m - p + P - 1], a learned relative-position table with one entry
+      per offset m - p (Music Transformer / T5, without T5's buckets): rank R of size
+      M + P - 1, one row per query head when there are heads (REL[h, r], shared by the batch),
+      else REL[r].
+    """
+
+    softcap: float | None = None
+    alibi: bool = False
+    bias: bool = False
+    rel_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.softcap is not None and not self.softcap > 0:
+            raise ValueError(f"softcap must be positive, got {self.softcap}")
+
+    @property
+    def changes_scores(self) -> bool:
+        return self.softcap is not None or self.alibi or self.bias or self.rel_bias
+
+
+@dataclass(frozen=True)
 class _Attention:
-    """The declarations shared by every attention cascade: ranks, Q, K, V and the output.
+    """The declarations shared by every attention cascade: ranks, Q, K, V and the output,
+    the score modification's inputs (BIAS, REL) and the mask.
 
     `kv_heads` index key/value tensors by their own head ranks (b, g); `kv_read` reads them
     from a query head's point of view (b, h//R under GQA, the same as `kv_heads` otherwise).
@@ -48,6 +90,11 @@ class _Attention:
     m: Index
     p: Index
     scale: float | None
+    mod: ScoreMod
+    bias: TensorRef | None
+    rel: TensorRef | None
+    causal: bool
+    mask: Expr | None
 
     def scores(self, key: Value) -> Value:
         """Q·K scaled: by `scale`, or by 1/sqrt(E) when no scale is given."""
@@ -55,6 +102,41 @@ class _Attention:
         if self.scale is None:
             return product * rsqrt(self.builder.size("E"))
         return product if self.scale == 1.0 else product * self.scale
+
+    def emit_scores(
+        self, names: tuple[str, str], tiles: tuple[Index, ...], key: Index, k: Value
+    ) -> TensorRef:
+        """The scores `names[0]`[*heads, *tiles, p] = scores(k), for keys at position `key`
+        (m, or m1*M0 + m0 over key tiles); when `mod` changes them, the modified and masked
+        scores `names[1]`, else `names[0]` masked. Returns the tensor the softmax reads.
+
+        The modification is an Einsum of its own because Q·K sums over e: the bias terms and
+        tanh apply once to the sum, not to each product."""
+        h, p = self.query_heads, self.p
+        masking = _masked(self.causal, self.mask, key, p)
+        if not self.mod.changes_scores:
+            return self.builder.let(names[0], [*h, *tiles, p], self.scores(k), **masking)
+        raw = self.builder.let(names[0], [*h, *tiles, p], self.scores(k))
+        s = raw[(*h, *tiles, p)]
+        if self.mod.alibi:
+            s = s + self._alibi_slope() * (key.value() - p.value())
+        if self.bias is not None:
+            s = s + self.bias[(*h, p, *tiles)]
+        if self.rel is not None:
+            s = s + self.rel[(*self._head, key - p + self.builder.size("P") - 1)]
+        if self.mod.softcap is not None:
+            s = self.mod.softcap * tanh(s / self.mod.softcap)
+        return self.builder.let(names[1], [*h, *tiles, p], s, **masking)
+
+    @property
+    def _head(self) -> tuple[Index, ...]:
+        """The query head index (h), or nothing without head ranks."""
+        return self.query_heads[1:]
+
+    def _alibi_slope(self) -> Value:
+        """ALiBi's slope of query head h, 2^(-8 (h+1) / H), from h's coordinate."""
+        (h,) = self._head
+        return exp2(-8.0 * (h + 1).value() / self.builder.size("H").value())
 
     def out(self, *indices: Index) -> tuple[Index, ...]:
         return (*self.query_heads, *indices)
@@ -68,8 +150,11 @@ def _attention(
     scale: float | None,
     batched: bool,
     gqa_group: int | None,
-    mask: Expr | None = None,
+    causal: bool,
+    mask: Expr | None,
+    score: ScoreMod | None,
 ) -> _Attention:
+    mod = score or ScoreMod()
     b = CascadeBuilder(name)
     query_heads: tuple[Index, ...] = ()
     kv_heads: tuple[Index, ...] = ()
@@ -86,6 +171,11 @@ def _attention(
             heads = b.rank("H", gqa_group * b.size("G"))
             query_heads, kv_heads = (batch, heads), (batch, groups)
             kv_read = (batch, heads // gqa_group)
+    elif mod.alibi:
+        raise ValueError(
+            "ALiBi gives each query head its own slope, and this cascade has no head rank: "
+            "pass batched=True or gqa_group"
+        )
     e, f = b.rank("E", head_dim), b.rank("F", value_dim)
     m, p = b.rank("M"), b.rank("P")
     q = b.input("Q", [*query_heads, e, p])
@@ -93,6 +183,12 @@ def _attention(
     v = b.input("V", [*kv_heads, f, m])
     for tensor, position in _mask_ids(mask, {"m": m, "p": p}).items():
         b.input(tensor, [position], DType.I32)
+    bias = b.input("BIAS", [*query_heads, p, m]) if mod.bias else None
+    rel = None
+    if mod.rel_bias:
+        # One entry per offset m - p, from -(P - 1) to M - 1.
+        r = b.rank("R", b.size("M") + b.size("P") - 1)
+        rel = b.input("REL", [*query_heads[1:], r])
     b.output("AV", [*query_heads, f, p])
     return _Attention(
         builder=b,
@@ -107,6 +203,11 @@ def _attention(
         m=m,
         p=p,
         scale=scale,
+        mod=mod,
+        bias=bias,
+        rel=rel,
+        causal=causal,
+        mask=mask,
     )
 
 
@@ -149,8 +250,12 @@ def attention_3pass(
     mask: Expr | None = None,
     batched: bool = False,
     gqa_group: int | None = None,
+    score: ScoreMod | None = None,
+    lse: bool = False,
 ) -> Cascade:
-    """Softmax attention as written (FuseMax Cascade 4): max, then exp and sum, then divide."""
+    """Softmax attention as written (FuseMax Cascade 4): max, then exp and sum, then divide.
+    `score` modifies the scores (see ScoreMod); `lse` adds the output LSE[*heads, p], the
+    log-sum-exp of each query's scores (what a backward pass or a split-KV merge needs)."""
     a = _attention(
         "attention_3pass",
         head_dim=head_dim,
@@ -158,15 +263,19 @@ def attention_3pass(
         scale=scale,
         batched=batched,
         gqa_group=gqa_group,
+        causal=causal,
         mask=mask,
+        score=score,
     )
     b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
-    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_masked(causal, mask, m, p))
-    GM = b.let("GM", [*h, p], QK[(*h, m, p)], reduce="max")
-    SN = b.let("SN", [*h, m, p], exp(QK[(*h, m, p)] - GM[(*h, p)]))
+    S = a.emit_scores(("QK", "S"), (m,), m, a.k[(*hk, e, m)])
+    GM = b.let("GM", [*h, p], S[(*h, m, p)], reduce="max")
+    SN = b.let("SN", [*h, m, p], exp(S[(*h, m, p)] - GM[(*h, p)]))
     SD = b.let("SD", [*h, p], SN[(*h, m, p)])
     A = b.let("A", [*h, m, p], SN[(*h, m, p)] / SD[(*h, p)])
     b.let("AV", a.out(f, p), A[(*h, m, p)] * a.v[(*hk, f, m)])
+    if lse:
+        _log_sum_exp(a, GM, SD)
     return b.build()
 
 
@@ -179,9 +288,12 @@ def attention_2pass(
     mask: Expr | None = None,
     batched: bool = False,
     gqa_group: int | None = None,
+    score: ScoreMod | None = None,
+    lse: bool = False,
 ) -> Cascade:
     """Attention with the division deferred past the AV contraction (FlashAttention-2's
-    reassociation): F*P divisions instead of M*P, and one pass fewer."""
+    reassociation): F*P divisions instead of M*P, and one pass fewer. `score` and `lse` as
+    in attention_3pass."""
     a = _attention(
         "attention_2pass",
         head_dim=head_dim,
@@ -189,16 +301,27 @@ def attention_2pass(
         scale=scale,
         batched=batched,
         gqa_group=gqa_group,
+        causal=causal,
         mask=mask,
+        score=score,
     )
     b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
-    QK = b.let("QK", [*h, m, p], a.scores(a.k[(*hk, e, m)]), **_masked(causal, mask, m, p))
-    GM = b.let("GM", [*h, p], QK[(*h, m, p)], reduce="max")
-    SN = b.let("SN", [*h, m, p], exp(QK[(*h, m, p)] - GM[(*h, p)]))
+    S = a.emit_scores(("QK", "S"), (m,), m, a.k[(*hk, e, m)])
+    GM = b.let("GM", [*h, p], S[(*h, m, p)], reduce="max")
+    SN = b.let("SN", [*h, m, p], exp(S[(*h, m, p)] - GM[(*h, p)]))
     SD = b.let("SD", [*h, p], SN[(*h, m, p)])
     SNV = b.let("SNV", [*h, f, p], SN[(*h, m, p)] * a.v[(*hk, f, m)])
     b.let("AV", a.out(f, p), SNV[(*h, f, p)] / SD[(*h, p)])
+    if lse:
+        _log_sum_exp(a, GM, SD)
     return b.build()
+
+
+def _log_sum_exp(a: _Attention, GM: TensorRef, SD: TensorRef) -> None:
+    """LSE[*heads, p] = log(sum_m exp(s)) = GM + log(SD), since SD sums exp(s - GM)."""
+    h, p = a.query_heads, a.p
+    a.builder.output("LSE", a.out(p))
+    a.builder.let("LSE", a.out(p), GM[(*h, p)] + log(SD[(*h, p)]))
 
 
 def attention_1pass(
@@ -211,11 +334,13 @@ def attention_1pass(
     mask: Expr | None = None,
     batched: bool = False,
     gqa_group: int | None = None,
+    score: ScoreMod | None = None,
 ) -> Cascade:
     """FuseMax Cascade 5 (FlashAttention-2's cascade): M split into M1 tiles of M0 keys, a
     running max RM, and a running denominator RD and numerator RNV rescaled by PRM when the
     max grows. The last tile may be partial (M need not be a multiple of the tile). Unlike the
-    paper's cascade, SLN and PRM are guarded for tiles before the first visible key."""
+    paper's cascade, SLN and PRM are guarded for tiles before the first visible key. `score`
+    as in attention_3pass; BIAS is read in tiles, like K and V."""
     a = _attention(
         "attention_1pass",
         head_dim=head_dim,
@@ -223,7 +348,9 @@ def attention_1pass(
         scale=scale,
         batched=batched,
         gqa_group=gqa_group,
+        causal=causal,
         mask=mask,
+        score=score,
     )
     b, h, hk, kv, e, f, p = a.builder, a.query_heads, a.kv_read, a.kv_heads, a.e, a.f, a.p
     m0 = b.rank("M0", tile)
@@ -232,17 +359,17 @@ def attention_1pass(
 
     BK = b.let("BK", [*kv, e, m1, m0], a.k[(*kv, e, key)])
     BV = b.let("BV", [*kv, f, m1, m0], a.v[(*kv, f, key)])
-    BQK = b.let(
-        "BQK", [*h, m1, m0, p], a.scores(BK[(*hk, e, m1, m0)]), **_masked(causal, mask, key, p)
-    )
-    LM = b.let("LM", [*h, m1, p], BQK[(*h, m1, m0, p)], reduce="max")
+    if a.bias is not None:
+        a = replace(a, bias=b.let("BBIAS", [*h, p, m1, m0], a.bias[(*h, p, key)]))
+    BS = a.emit_scores(("BQK", "BS"), (m1, m0), key, BK[(*hk, e, m1, m0)])
+    LM = b.let("LM", [*h, m1, p], BS[(*h, m1, m0, p)], reduce="max")
     RM, RD, RNV = TensorRef("RM"), TensorRef("RD"), TensorRef("RNV")
     b.let("RM", [*h, m1 + 1, p], maximum(RM[(*h, m1, p)], LM[(*h, m1, p)]), init=-math.inf)
     # While every key so far is masked RM is -inf, and exp(-inf - -inf) would be NaN: the
     # guards keep SLN at 0 and PRM at 1 until a key is visible (a no-op without masks).
     current = RM[(*h, m1 + 1, p)]
     empty = current == -math.inf
-    SLN = b.let("SLN", [*h, m1, m0, p], select(empty, 0.0, exp(BQK[(*h, m1, m0, p)] - current)))
+    SLN = b.let("SLN", [*h, m1, m0, p], select(empty, 0.0, exp(BS[(*h, m1, m0, p)] - current)))
     SLD = b.let("SLD", [*h, m1, p], SLN[(*h, m1, m0, p)])
     SLNV = b.let("SLNV", [*h, f, m1, p], SLN[(*h, m1, m0, p)] * BV[(*hk, f, m1, m0)])
     PRM = b.let("PRM", [*h, m1, p], select(empty, 1.0, exp(RM[(*h, m1, p)] - current)))
@@ -252,6 +379,45 @@ def attention_1pass(
     b.let("RNV", [*h, f, m1 + 1, p], SLNV[(*h, f, m1, p)] + SPNV[(*h, f, m1, p)], init=0.0)
     last = b.size("M1")
     b.let("AV", a.out(f, p), RNV[(*h, f, last, p)] / RD[(*h, last, p)])
+    return b.build()
+
+
+def attention_sigmoid(
+    *,
+    head_dim: int | None = None,
+    value_dim: int | None = None,
+    scale: float | None = None,
+    causal: bool = False,
+    mask: Expr | None = None,
+    batched: bool = False,
+    gqa_group: int | None = None,
+    score: ScoreMod | None = None,
+    bias_value: float | None = None,
+) -> Cascade:
+    """Sigmoid attention (Ramapuram et al. 2024, "Theory, Analysis, and Best Practices for
+    Sigmoid Self-Attention"): AV[f,p] = sum_m sigmoid(s[m,p] + b) * V[f,m], with no
+    normalization over m and so one pass. b is `bias_value`, or -log(M) by default (the
+    paper's choice: for scores near 0, sigmoid(s - log M) ~ e^s / M, so the weights sum to
+    about 1, as softmax's do). Masked scores are -inf, and sigmoid(-inf) = 0: a hidden key
+    adds nothing to AV, as in softmax."""
+    a = _attention(
+        "attention_sigmoid",
+        head_dim=head_dim,
+        value_dim=value_dim,
+        scale=scale,
+        batched=batched,
+        gqa_group=gqa_group,
+        causal=causal,
+        mask=mask,
+        score=score,
+    )
+    b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
+    S = a.emit_scores(("QK", "S"), (m,), m, a.k[(*hk, e, m)])
+    s = S[(*h, m, p)]
+    SG = b.let(
+        "SG", [*h, m, p], sigmoid(s - log(b.size("M")) if bias_value is None else s + bias_value)
+    )
+    b.let("AV", a.out(f, p), SG[(*h, m, p)] * a.v[(*hk, f, m)])
     return b.build()
 
 
@@ -300,6 +466,7 @@ LIBRARY: dict[str, Callable[..., Cascade]] = {
         attention_3pass,
         attention_2pass,
         attention_1pass,
+        attention_sigmoid,
         toy_cascade1,
         toy_cascade2,
         toy_cascade3,

@@ -160,9 +160,7 @@ class NumpyDialect:
         """A view for reads at plain indices (grid, query, feature, the key position), the
         common case; None for anything else."""
         program = self.program
-        key_position = sympy.sympify(
-            f"{program.schedule.key.inner}*{program.key_tiles} + {program.key}"
-        )
+        key_position = program.schedule.key.recombined()
         picks, labels = [], []
         for index in read.access.indices:
             if index.is_Integer:

@@ -12,7 +12,10 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from attncc.backends.kernel_cache import KernelCache, cache_key
+from attncc.backends import emit
+from attncc.backends import tile_program as tile_program_module
+from attncc.backends.kernel_cache import KernelCache, cache_key, source_digest
+from attncc.backends.numpy import emitter as numpy_emitter
 from attncc.backends.numpy.emitter import emit_numpy
 from attncc.backends.numpy.reference import prepare_inputs
 from attncc.backends.schedule import Schedule, retile, schedule
@@ -20,9 +23,6 @@ from attncc.backends.tile_lists import TileLists, tile_classes
 from attncc.backends.tile_program import tile_program
 from attncc.errors import ExecutionError
 from attncc.ir import Cascade, bind_sizes, print_cascade
-
-# Bump when the emitted code changes meaning: cached kernels of older emitters are not reused.
-EMITTER_VERSION = 1
 
 DEFAULT_QUERY_TILE = 256
 DEFAULT_KEY_TILE = 512
@@ -65,7 +65,7 @@ def run_tiled(
     key = cache_key(
         cascade=print_cascade(nest.cascade),
         query_tile=nest.query_tile,
-        emitter=EMITTER_VERSION,
+        emitter=source_digest(emit, tile_program_module, numpy_emitter),
     )
     kernel = (cache or KernelCache(namespace="numpy")).load(key, lambda: numpy_source(nest))
     lists = TileLists.of(tile_classes(nest, bound, arrays).classes)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import triton
+import triton.language as tl
 from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -90,14 +91,23 @@ def compile_kernel(
     """Compile `fn` for sm_`arch` and return Triton's `CompiledKernel`.
 
     `signature` maps every argument to a Triton type (`*fp16`, `i32`, `constexpr`); `constexprs`
-    gives the constexpr values. With TRITON_INTERPRET=1, `@triton.jit` returns an
-    `InterpretedFunction`, which Triton cannot compile; it is rewrapped here so the same kernel
-    definitions serve both. Helpers the kernel calls are not rewrapped, so a kernel with
-    `@triton.jit` helpers compiles only with the interpreter off.
+    gives the constexpr values. `fn` may be an `InterpretedFunction`: `@triton.jit` returns one
+    when TRITON_INTERPRET=1 is set by the time the kernel is defined, and the kernel then serves
+    both the interpreter and this compiler, rewrapped as a `JITFunction`. That works only while
+    Triton's own library is compiled (see `library_is_interpreted`), and only for the kernel
+    itself: `@triton.jit` helpers it calls must be `JITFunction`s.
     """
     jit_fn = _as_jit_function(fn, arch)
     where = f"kernel {jit_fn.__name__} on sm_{arch}"
     _check_arguments(jit_fn.arg_names, signature, constexprs, where)
+    # Checked before triton.compile, whose cache would otherwise hide the problem for kernels
+    # compiled in an earlier process.
+    if library_is_interpreted():
+        raise LoweringError(
+            f"{where}: Triton was imported with TRITON_INTERPRET=1, which builds its own library "
+            "(tl.zeros, tl.max, tl.sum, ...) for the interpreter, and its code generator cannot "
+            "lower those; compile in a process started without TRITON_INTERPRET"
+        )
     source = ASTSource(fn=jit_fn, signature=dict(signature), constexprs=dict(constexprs))
     # triton.compile reads options from a plain dict; the backend keeps the keys that are fields
     # of its CUDAOptions and drops the rest silently, so only known names are passed.
@@ -106,6 +116,12 @@ def compile_kernel(
         return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as error:  # any stage may fail: frontend, MLIR passes, LLVM, ptxas
         raise LoweringError(f"{where}: compilation failed:\n{_first_lines(error)}") from None
+
+
+def library_is_interpreted() -> bool:
+    """Whether `import triton` ran with TRITON_INTERPRET=1: its `@jit` library functions are then
+    `InterpretedFunction`s, fixed for the life of the process, and `compile_kernel` refuses."""
+    return any(isinstance(value, InterpretedFunction) for value in vars(tl.standard).values())
 
 
 def resources(compiled: Any, arch: int, *, num_warps: int, num_stages: int) -> KernelResources:

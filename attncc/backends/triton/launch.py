@@ -1,0 +1,239 @@
+"""Running a cascade as a Triton kernel: lower, emit, cache, launch.
+
+On a CUDA device the kernel is JIT-compiled by Triton; without one it runs in Triton's
+interpreter on the CPU (the same kernel source, so tests on a CPU check what a GPU runs).
+Tile configurations for autotuning are `CONFIGS`; `run_triton` takes one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from attncc.backends import emit
+from attncc.backends import tile_program as tile_program_module
+from attncc.backends.kernel_cache import KernelCache, cache_key, source_digest
+from attncc.backends.schedule import Schedule, retile, schedule
+from attncc.backends.tile_lists import TileLists, tile_classes
+from attncc.backends.tile_program import TileProgram, tile_program
+from attncc.backends.triton import emitter as triton_emitter
+from attncc.backends.triton.cubin import library_is_interpreted
+from attncc.backends.triton.emitter import (
+    KernelShape,
+    emit_triton,
+    kernel_parameters,
+    runtime_sizes,
+)
+from attncc.errors import ExecutionError, LoweringError
+from attncc.ir import Cascade, DType, bind_sizes, print_cascade
+
+KERNEL = "attncc_kernel"
+
+_TORCH_TYPES = {
+    torch.float16: DType.F16,
+    torch.bfloat16: DType.BF16,
+    torch.float32: DType.F32,
+    torch.float64: DType.F64,
+    torch.int32: DType.I32,
+    torch.int64: DType.I64,
+}
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """A tile configuration: queries and keys per tile, warps and pipeline stages."""
+
+    query_tile: int = 64
+    key_tile: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+DEFAULT_CONFIG = TileConfig()
+CONFIGS = (
+    TileConfig(64, 64, 4, 2),
+    TileConfig(128, 64, 4, 3),
+    TileConfig(128, 64, 8, 3),
+    TileConfig(128, 128, 8, 2),
+)
+"""Candidates for autotuning on a GPU (Triton's FlashAttention tutorial's space); the block-
+sparse mask is classified again at each configuration's tiles."""
+
+
+@dataclass(frozen=True)
+class LoweredKernel:
+    """A cascade lowered for Triton at one shape class: the program, shape and source."""
+
+    nest: Schedule
+    program: TileProgram
+    shape: KernelShape
+    config: TileConfig
+    source: str
+
+
+def tiled_schedule(cascade: Cascade, config: TileConfig) -> Schedule:
+    """The loop nest of `cascade` at `config`'s tiles."""
+    tiled = retile(cascade, key_tile=config.key_tile, query_tile=config.query_tile)
+    return schedule(tiled, query_tile=config.query_tile)
+
+
+def lower_triton(
+    cascade: Cascade,
+    *,
+    features: Mapping[str, int],
+    dtypes: Mapping[str, DType],
+    config: TileConfig = DEFAULT_CONFIG,
+) -> LoweredKernel:
+    """`cascade` retiled to `config` and emitted for feature sizes `features` (index name ->
+    size) and element types `dtypes` (tensor name -> type)."""
+    nest = tiled_schedule(cascade, config)
+    program = tile_program(nest)
+    missing = [v for v in program.features if v not in features]
+    if missing:
+        raise LoweringError(f"no size for feature rank(s) {', '.join(missing)}")
+    shape = KernelShape(
+        query_tile=config.query_tile,
+        key_tile=config.key_tile,
+        features={v: features[v] for v in program.features},
+        dtypes=dict(dtypes),
+    )
+    return LoweredKernel(nest, program, shape, config, emit_triton(program, shape, function=KERNEL))
+
+
+def run_triton(
+    cascade: Cascade,
+    inputs: Mapping[str, torch.Tensor | npt.ArrayLike],
+    sizes: Mapping[str, int] | None = None,
+    *,
+    config: TileConfig = DEFAULT_CONFIG,
+    cache: KernelCache | None = None,
+) -> dict[str, torch.Tensor]:
+    """The outputs of `cascade` on `inputs` (tensors in each input's declared rank order, on
+    one device); outputs take the inputs' floating-point type."""
+    tensors = _tensors(cascade, inputs)
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    out_type = floats[0] if floats else torch.float32
+    dtypes = {name: _dtype(name, t.dtype) for name, t in tensors.items()}
+    dtypes |= {d.name: _dtype(d.name, out_type) for d in cascade.outputs}
+    probe = tiled_schedule(cascade, config)
+    bound = bind_sizes(probe.cascade, sizes, shapes)
+    features = {v: bound[_rank(probe, v)] for v in tile_program(probe).features}
+    key = cache_key(
+        cascade=print_cascade(cascade),
+        config=(config.query_tile, config.key_tile),
+        features=tuple(sorted(features.items())),
+        dtypes=tuple(sorted((n, t.value) for n, t in dtypes.items())),
+        emitter=source_digest(emit, tile_program_module, triton_emitter),
+    )
+    holder: dict[str, LoweredKernel] = {}
+
+    def build() -> str:
+        holder["kernel"] = lower_triton(cascade, features=features, dtypes=dtypes, config=config)
+        return holder["kernel"].source
+
+    module = (cache or KernelCache(namespace="triton")).load(key, build).module
+    program = tile_program(probe)
+    device = next(iter(tensors.values())).device
+    arrays = {n: t.detach().cpu().numpy() for n, t in tensors.items() if not t.is_floating_point()}
+    lists = _device_lists(tile_classes(probe, bound, arrays), probe, bound, device)
+    outputs = {
+        d.name: torch.empty(tuple(bound[r] for r in d.ranks), dtype=out_type, device=device)
+        for d in cascade.outputs
+    }
+    args: dict[str, Any] = {**tensors, **outputs}
+    for name, tensor in args.copy().items():
+        for n, stride in enumerate(tensor.stride()):
+            args[f"st_{name}_{n}"] = stride
+    args |= {f"s_{rank}": bound[rank] for rank in runtime_sizes(program)}
+    args |= lists
+    query_rank = _rank(probe, probe.query)
+    grid_points = int(np.prod([bound[_rank(probe, g)] for g in probe.grid], dtype=np.int64))
+    grid = (-(-bound[query_rank] // config.query_tile), grid_points)
+    kernel = _runnable(module.__dict__[KERNEL], device)
+    try:
+        kernel[grid](
+            *(args[p] for p in kernel_parameters(program)),
+            BLOCK_Q=config.query_tile,
+            BLOCK_K=config.key_tile,
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )
+    except Exception as error:
+        raise ExecutionError(
+            f"Triton kernel of {cascade.name} failed at sizes {bound}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    return outputs
+
+
+def _tensors(
+    cascade: Cascade, inputs: Mapping[str, torch.Tensor | npt.ArrayLike]
+) -> dict[str, torch.Tensor]:
+    declared = cascade.input_names()
+    unknown = [n for n in inputs if n not in declared]
+    missing = [n for n in declared if n not in inputs]
+    if unknown or missing:
+        raise ExecutionError(
+            f"inputs of {cascade.name} are {', '.join(declared)}; "
+            f"missing: {', '.join(missing) or '-'}, unknown: {', '.join(unknown) or '-'}"
+        )
+    tensors = {n: torch.as_tensor(inputs[n]) for n in declared}
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        raise ExecutionError(f"inputs of {cascade.name} are on several devices: {devices}")
+    return tensors
+
+
+def _dtype(name: str, dtype: torch.dtype) -> DType:
+    found = _TORCH_TYPES.get(dtype)
+    if found is None:
+        raise ExecutionError(
+            f"tensor {name} has element type {dtype}, which Triton kernels take not"
+        )
+    return found
+
+
+def _device_lists(
+    classes: Any, nest: Schedule, sizes: Mapping[str, int], device: torch.device
+) -> dict[str, Any]:
+    """The tile lists as int32 tensors. The last key tile of a ragged key rank is never FULL
+    here: FULL tiles skip bounds checks."""
+    lists = TileLists.of(classes.classes)
+    full = lists.full.copy()
+    if sizes[nest.key.rank] % sizes[nest.key.inner]:
+        full &= lists.indices != sizes[nest.key.outer] - 1
+    indices = np.ascontiguousarray(lists.indices, dtype=np.int32)
+    return {
+        "tile_counts": torch.as_tensor(lists.counts.astype(np.int32), device=device),
+        "tile_indices": torch.as_tensor(indices, device=device),
+        "tile_full": torch.as_tensor(full.astype(np.int32), device=device),
+        "tiles_stride": indices.shape[1],
+    }
+
+
+def _runnable(jitted: Any, device: torch.device) -> Any:
+    """The kernel as Triton runs it on `device`: compiled on CUDA, interpreted on a CPU."""
+    interpreted = library_is_interpreted()
+    if device.type == "cuda" and interpreted:
+        raise ExecutionError(
+            "CUDA tensors, but Triton was started in its interpreter (TRITON_INTERPRET=1): "
+            "unset it to compile kernels for the GPU"
+        )
+    if device.type != "cuda" and not interpreted:
+        raise ExecutionError(
+            f"{device.type} tensors: Triton kernels run off a GPU only in Triton's interpreter; "
+            "set TRITON_INTERPRET=1 before Python starts (attncc run --backend triton does)"
+        )
+    return jitted
+
+
+def _rank(nest: Schedule, var: str) -> str:
+    rank = nest.cascade.rank_of_index(var)
+    assert rank is not None
+    return rank.name
