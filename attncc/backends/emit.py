@@ -124,10 +124,26 @@ def tile_value(op: TileOp, program: TileProgram, dialect: Dialect, *, masked: bo
 
 
 def initial_value(op: TileOp, program: TileProgram, dialect: Dialect) -> Code:
-    """A running update's value before the first key tile, over `op.axes`."""
-    assert op.einsum.init is not None, "verified running updates have an initial value"
-    value = expression(op.einsum.init, program, dialect)
+    """A carried value before the first key tile, over `op.axes`: a running update's initial
+    value, or the identity of a total over the key tiles."""
+    if op.accumulated:
+        assert op.einsum.reduce is not None
+        value = Code(dialect.constant(IDENTITY[op.einsum.reduce]), uniform=True)
+    else:
+        assert op.einsum.init is not None, "verified running updates have an initial value"
+        value = expression(op.einsum.init, program, dialect)
     return Code(dialect.full(value, op.axes), op.axes)
+
+
+def carried_update(op: TileOp, dialect: Dialect) -> str:
+    """What a carried value becomes at the end of a key tile: the running update's new value,
+    or the total so far combined with this tile's part."""
+    current = value_name(op.tensor)
+    if not op.accumulated:
+        return current
+    assert op.einsum.reduce is not None
+    combine = {ReduceOp.SUM: "add", ReduceOp.MAX: "max", ReduceOp.MIN: "min"}[op.einsum.reduce]
+    return dialect.call(combine, [value_name(op.tensor, previous=True), current])
 
 
 def value_name(tensor: str, *, previous: bool = False) -> str:

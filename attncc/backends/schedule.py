@@ -67,6 +67,12 @@ class Schedule:
     def carried(self) -> tuple[Einsum, ...]:
         return tuple(e for e in self.body if e.iterative_index == self.key_tile_index)
 
+    @property
+    def accumulated(self) -> tuple[Einsum, ...]:
+        """Reductions over the key tiles themselves (sigmoid attention's AV): each tile adds
+        its part to a loop-carried total, complete after the loop."""
+        return tuple(e for e in self.body if self.key_tile_index in e.reduced)
+
 
 def schedule(cascade: Cascade, *, query_tile: int = 64) -> Schedule:
     """The loop nest of `cascade`; raises LoweringError saying why a cascade is not one.
@@ -81,16 +87,13 @@ def schedule(cascade: Cascade, *, query_tile: int = 64) -> Schedule:
     body = tuple(e for e in in_loop if e not in loads)
     for einsum in body:
         if outer in einsum.reduced:
-            raise LoweringError(
-                f"Einsum {einsum.tensor} reduces over all of {part.outer} without running "
-                f"over it, which needs another pass; run the flash pipeline first"
-            )
+            _check_accumulated(einsum, body, part)
         if einsum.iterative_index not in (None, outer):
             raise LoweringError(
                 f"Einsum {einsum.tensor} runs over {einsum.iterative_index}, not the key tiles "
                 f"{outer}: a one-pass loop nest has one loop"
             )
-    grid = frozenset.intersection(*(e.space for e in body)) - {outer} if body else frozenset()
+    grid = frozenset.intersection(*(e.lhs_vars for e in body)) - {outer} if body else frozenset()
     query = _query(cascade, sparse, grid)
     after_loop = {e.tensor for e in body}
     epilogue_list, prologue_list = [], []
@@ -122,12 +125,13 @@ def schedule(cascade: Cascade, *, query_tile: int = 64) -> Schedule:
 
 def _key_partition(cascade: Cascade) -> Partition:
     running = {e.iterative_index for e in cascade.einsums if e.iterative_index is not None}
-    parts = [p for p in cascade.partitions if index_name(p.outer) in running]
+    totals = set().union(*(e.reduced for e in cascade.einsums))
+    parts = [p for p in cascade.partitions if index_name(p.outer) in running | totals]
     if len(parts) != 1:
         found = ", ".join(p.outer for p in parts) or "none"
         raise LoweringError(
-            "a one-pass cascade runs over exactly one partitioned key rank "
-            f"(running updates over partition outer ranks: {found}); run the flash pipeline"
+            "a one-pass cascade runs over exactly one partitioned key rank (running updates or "
+            f"totals over partition outer ranks: {found}); run the flash pipeline"
         )
     return parts[0]
 
@@ -162,12 +166,25 @@ def _query(cascade: Cascade, sparse: BlockSparse | None, grid: frozenset[str]) -
     return candidates[-1]
 
 
+def _check_accumulated(einsum: Einsum, body: tuple[Einsum, ...], part: Partition) -> None:
+    """A reduction over the key tiles is a running total only if nothing in the loop reads it
+    before it is complete; anything else needs another pass."""
+    readers = [e.tensor for e in body if einsum.tensor in e.reads]
+    if readers:
+        raise LoweringError(
+            f"Einsum {einsum.tensor} reduces over all of {part.outer}, and {', '.join(readers)} "
+            "reads it inside the same key loop: that needs another pass; run the flash "
+            "pipeline first"
+        )
+
+
 def _check_epilogue(
     cascade: Cascade, epilogue: tuple[Einsum, ...], body: tuple[Einsum, ...], part: Partition
 ) -> None:
     """After the loop only final values exist: running tensors at their last coordinate."""
-    running = {e.tensor for e in body if e.iterative_index == index_name(part.outer)}
-    in_loop = {e.tensor for e in body}
+    outer = index_name(part.outer)
+    running = {e.tensor for e in body if e.iterative_index == outer}
+    in_loop = {e.tensor for e in body if outer not in e.reduced}
     final = size_symbol(part.outer)
     for einsum in epilogue:
         for access in einsum.read_accesses():

@@ -88,6 +88,7 @@ class TileOp:
     reduced: str | None = None
     contraction: Contraction | None = None
     sparse_mask: bool = False
+    accumulated: bool = False
 
     @property
     def tensor(self) -> str:
@@ -95,7 +96,8 @@ class TileOp:
 
     @property
     def carried(self) -> bool:
-        return self.einsum.iterative_index is not None
+        """A running update over the key tiles, or a total over them (`accumulated`)."""
+        return self.einsum.iterative_index is not None or self.accumulated
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,8 @@ def tile_program(nest: Schedule) -> TileProgram:
 
     def ops(phase: tuple[Einsum, ...]) -> tuple[TileOp, ...]:
         return tuple(
-            _tile_op(e, order, fixed, value_axes, operands, e.tensor == sparse) for e in phase
+            _tile_op(e, order, fixed, key_tiles, value_axes, operands, e.tensor == sparse)
+            for e in phase
         )
 
     return TileProgram(
@@ -281,6 +284,7 @@ def _tile_op(
     einsum: Einsum,
     order: tuple[str, ...],
     fixed: set[str],
+    key_tiles: str,
     value_axes: Mapping[str, tuple[str, ...]],
     operands: Mapping[Access, Operand],
     sparse_mask: bool,
@@ -291,9 +295,10 @@ def _tile_op(
             f"Einsum {einsum.tensor} is a tile over {', '.join(axes)}: tiles have at most two "
             "axes (query and key, or one of them and a feature)"
         )
-    reduced = sorted(einsum.reduced)
+    accumulated = key_tiles in einsum.reduced
+    reduced = sorted(einsum.reduced - {key_tiles})
     if not reduced:
-        return TileOp(einsum, OpKind.MAP, axes, sparse_mask=sparse_mask)
+        return TileOp(einsum, OpKind.MAP, axes, sparse_mask=sparse_mask, accumulated=accumulated)
     if len(reduced) > 1 or reduced[0] in fixed:
         raise LoweringError(
             f"Einsum {einsum.tensor} reduces over {', '.join(reduced)}: a tile operation "
@@ -303,13 +308,15 @@ def _tile_op(
     _check_fill(einsum, axis)
     contraction = _contraction(einsum, axis, order, value_axes, operands)
     if contraction is not None:
-        return TileOp(einsum, OpKind.CONTRACT, axes, axis, contraction, sparse_mask=sparse_mask)
+        return TileOp(einsum, OpKind.CONTRACT, axes, axis, contraction, sparse_mask, accumulated)
     if len(axes) + 1 > 2:
         raise LoweringError(
             f"Einsum {einsum.tensor} reduces over {axis} a product that is not two tiles "
             f"sharing {axis}: neither a matrix product nor a reduction of a 2-D tile"
         )
-    return TileOp(einsum, OpKind.REDUCE, axes, axis, sparse_mask=sparse_mask)
+    return TileOp(
+        einsum, OpKind.REDUCE, axes, axis, sparse_mask=sparse_mask, accumulated=accumulated
+    )
 
 
 def _check_fill(einsum: Einsum, axis: str) -> None:

@@ -19,6 +19,7 @@ import sympy
 from attncc.backends.emit import (
     Code,
     SourceWriter,
+    carried_update,
     expression,
     initial_value,
     tile_value,
@@ -273,10 +274,15 @@ def _query_tile(program: TileProgram, writer: SourceWriter, tile: int, rank: str
             _ops(program.body, program, NumpyDialect(program, writer), writer, masked=True)
         for op in program.body:
             if op.carried:
-                writer.line(f"{value_name(op.tensor, previous=True)} = {value_name(op.tensor)}")
+                writer.line(
+                    f"{value_name(op.tensor, previous=True)} = {carried_update(op, dialect)}"
+                )
+    outputs = program.schedule.cascade.output_names()
     for op in program.body:
         if op.carried:
             writer.line(f"{value_name(op.tensor)} = {value_name(op.tensor, previous=True)}")
+        if op.accumulated and op.tensor in outputs:
+            _store(op, program, writer)
     _ops(program.epilogue, program, NumpyDialect(program, writer), writer, masked=True)
 
 
@@ -292,7 +298,7 @@ def _ops(
     for op in ops:
         value = tile_value(op, program, dialect, masked=masked)
         writer.line(f"{value_name(op.tensor)} = {value.text}")
-        if op.tensor in outputs:
+        if op.tensor in outputs and not op.accumulated:
             _store(op, program, writer)
 
 

@@ -24,6 +24,7 @@ from attncc.backends.emit import (
     IDENTITY,
     Code,
     SourceWriter,
+    carried_update,
     expression,
     initial_value,
     tile_value,
@@ -145,6 +146,9 @@ class TritonDialect:
     def call(self, op: str, args: list[str], *, uniform: bool = False) -> str:
         if uniform and op in _MATH:
             return f"({_MATH[op]}({args[0]}))"
+        if op in _MATH or op in ("tanh", "sigmoid"):
+            # Sizes are int32 at run time; Triton's float functions take no integers.
+            args = [f"({arg} * 1.0)" for arg in args]
         return _CALLS[op].format(*args)
 
     def expand(self, code: Code, axes: tuple[str, ...]) -> str:
@@ -341,11 +345,16 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
             _ops(program.body, program, TritonDialect(program, shape, writer, checked=True), writer)
         for op in program.body:
             if op.carried:
-                writer.line(f"{value_name(op.tensor, previous=True)} = {value_name(op.tensor)}")
+                update = carried_update(op, prologue)
+                writer.line(f"{value_name(op.tensor, previous=True)} = {update}")
+    after = TritonDialect(program, shape, writer, checked=True)
+    outputs = program.schedule.cascade.output_names()
     for op in program.body:
         if op.carried:
             writer.line(f"{value_name(op.tensor)} = {value_name(op.tensor, previous=True)}")
-    _ops(program.epilogue, program, TritonDialect(program, shape, writer, checked=True), writer)
+        if op.accumulated and op.tensor in outputs:
+            _store(op, program, after, writer)
+    _ops(program.epilogue, program, after, writer)
 
 
 def _ops(
@@ -360,7 +369,7 @@ def _ops(
     for op in ops:
         value = tile_value(op, program, dialect, masked=masked)
         writer.line(f"{value_name(op.tensor)} = {value.text}")
-        if op.tensor in outputs:
+        if op.tensor in outputs and not op.accumulated:
             _store(op, program, dialect, writer)
 
 
