@@ -35,7 +35,7 @@ from attncc.ir import (
     product_factors,
     verify,
 )
-from attncc.passes import PASSES, CascadePass, PassManager, PassResult, parse_pipeline
+from attncc.passes import PASSES, CascadePass, PassManager, PassResult, parse_pipeline, run_pipeline
 from attncc.passes.partition import PartitionRank
 
 # Small tiles, so that the differential sizes (up to 3 tiles and a partial one) stay small.
@@ -245,9 +245,15 @@ def test_partition_refuses_shifted_reads_and_running_updates() -> None:
     assert "running update over m" in _refuses("partition(rank=M,tile=2)", running)
 
 
-def test_partition_without_a_max_asks_for_a_rank() -> None:
-    cascade = parse("cascade t\nrank M\ninput X[m]\noutput Y[]\nY[] = X[m]")
-    assert "no rank is max-reduced" in _refuses("partition", cascade)
+def test_partition_without_a_reduction_asks_for_a_rank() -> None:
+    cascade = parse("cascade t\nrank M\ninput X[m]\noutput Y[m]\nY[m] = X[m] * 2")
+    assert "no rank is max-reduced or reduced by an output" in _refuses("partition", cascade)
+
+
+def test_partition_without_a_max_tiles_what_the_outputs_reduce() -> None:
+    cascade = parse("cascade t\nrank M, N\ninput X[m,n]\noutput Y[n]\nY[n] = X[m,n]")
+    tiled, _ = run_pipeline(cascade, "partition")
+    assert [p.rank for p in tiled.partitions] == ["M"]
 
 
 def test_running_reduce_needs_a_partition() -> None:

@@ -12,6 +12,7 @@ keep their layout and read tiled temporaries at (m // M0, m % M0).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import sympy
@@ -41,7 +42,8 @@ from attncc.passes.registry import register
 @dataclass(frozen=True)
 class PartitionRank(CascadePass):
     """`rank`: the rank to tile (default: every rank some Einsum max-reduces, i.e. each
-    softmax's); `tile`: its tile size."""
+    softmax's; failing that, the ranks the outputs reduce over, the key rank of attention
+    without normalization such as sigmoid attention); `tile`: its tile size."""
 
     name = "partition"
     rank: str | None = None
@@ -50,9 +52,11 @@ class PartitionRank(CascadePass):
     def apply(self, cascade: Cascade) -> PassResult:
         if self.tile < 1:
             raise PassError(f"partition: tile={self.tile} must be a positive integer")
-        ranks = [self.rank] if self.rank else _max_reduced_ranks(cascade)
+        ranks = [self.rank] if self.rank else _default_ranks(cascade)
         if not ranks:
-            return PassResult(cascade, ("no rank is max-reduced; name one with rank=...",))
+            return PassResult(
+                cascade, ("no rank is max-reduced or reduced by an output; name one with rank=...",)
+            )
         remarks = []
         for name in ranks:
             if cascade.rank(name) is None:
@@ -66,10 +70,16 @@ class PartitionRank(CascadePass):
         return PassResult(cascade, tuple(remarks))
 
 
-def _max_reduced_ranks(cascade: Cascade) -> list[str]:
+def _default_ranks(cascade: Cascade) -> list[str]:
+    maxed = _reduced_ranks(cascade, lambda e: e.reduce is ReduceOp.MAX)
+    outputs = set(cascade.output_names())
+    return maxed or _reduced_ranks(cascade, lambda e: e.tensor in outputs)
+
+
+def _reduced_ranks(cascade: Cascade, chosen: Callable[[Einsum], bool]) -> list[str]:
     names = []
     for einsum in cascade.einsums:
-        if einsum.reduce is ReduceOp.MAX:
+        if chosen(einsum):
             for var in sorted(einsum.reduced):
                 rank = cascade.rank_of_index(var)
                 if rank is not None and rank.name not in names:
