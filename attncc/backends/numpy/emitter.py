@@ -215,6 +215,8 @@ def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
     writer.lines(_PRELUDE.splitlines())
     writer.line("")
     writer.line("")
+    # select() evaluates both branches: the one not taken may divide 0 by 0 (and is dropped).
+    writer.line('@np.errstate(invalid="ignore", divide="ignore", over="ignore")')
     writer.line(f"def {function}(inputs, sizes, tiles, dtype):")
     with writer.indented():
         writer.line(f'"""{cascade.name}: {len(cascade.einsums)} Einsums, tiled by attncc."""')

@@ -102,13 +102,22 @@ class TritonDialect:
     """Spelling of tile operations inside one Triton program."""
 
     def __init__(
-        self, program: TileProgram, shape: KernelShape, writer: SourceWriter, *, checked: bool
+        self,
+        program: TileProgram,
+        shape: KernelShape,
+        writer: SourceWriter,
+        *,
+        checked: bool,
+        converted: Mapping[tuple[str, str], str] | None = None,
     ) -> None:
         self.program = program
         self.shape = shape
         self.writer = writer
         self.checked = checked
         self.loads: dict[Access, str] = {}
+        # Loop-invariant matrix-product operands, converted once before the loop: (value,
+        # summed axis) -> variable.
+        self.converted = converted or {}
 
     def constant(self, value: float) -> str:
         if math.isinf(value):
@@ -169,7 +178,7 @@ class TritonDialect:
     def dot(self, lhs: Code, rhs: Code, axis: str) -> Code:
         (i,) = [a for a in lhs.axes if a != axis]
         (j,) = [a for a in rhs.axes if a != axis]
-        a, b = self._dot_operand(lhs, axis), self._dot_operand(rhs, axis)
+        a, b = self.dot_operand(lhs, axis), self.dot_operand(rhs, axis)
         a = a if lhs.axes == (i, axis) else f"tl.trans({a})"
         b = b if rhs.axes == (axis, j) else f"tl.trans({b})"
         precision = ', input_precision="ieee"' if self._dot_type() == "tl.float32" else ""
@@ -178,7 +187,12 @@ class TritonDialect:
             return Code(f"tl.trans({text})", (j, i))
         return Code(text, (i, j))
 
-    def _dot_operand(self, code: Code, axis: str) -> str:
+    def dot_operand(self, code: Code, axis: str) -> str:
+        """`code` as a matrix-product operand summed over `axis`: padding lanes zeroed and in
+        the products' element type."""
+        converted = self.converted.get((code.text, axis))
+        if converted is not None:
+            return converted
         return f"{self._masked(code, axis, 0.0)}.to({self._dot_type()})"
 
     def _dot_type(self) -> str:
@@ -329,6 +343,7 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
         if op.carried:
             initial = initial_value(op, program, prologue).text
             writer.line(f"{value_name(op.tensor, previous=True)} = {initial}")
+    converted = _convert_invariants(program, prologue, writer)
     writer.line("count = tl.load(tile_counts + qt)")
     writer.line("for j in range(0, count):")
     with writer.indented():
@@ -338,11 +353,12 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
         writer.line(f"k_valid = m1 * BLOCK_K + x_{program.key} < s_{key_rank}")
         writer.line("if tl.load(tile_full + qt * tiles_stride + j) != 0:")
         with writer.indented():
-            full = TritonDialect(program, shape, writer, checked=False)
+            full = TritonDialect(program, shape, writer, checked=False, converted=converted)
             _ops(program.body, program, full, writer, masked=False)
         writer.line("else:")
         with writer.indented():
-            _ops(program.body, program, TritonDialect(program, shape, writer, checked=True), writer)
+            partial = TritonDialect(program, shape, writer, checked=True, converted=converted)
+            _ops(program.body, program, partial, writer)
         for op in program.body:
             if op.carried:
                 update = carried_update(op, prologue)
@@ -355,6 +371,27 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
         if op.accumulated and op.tensor in outputs:
             _store(op, program, after, writer)
     _ops(program.epilogue, program, after, writer)
+
+
+def _convert_invariants(
+    program: TileProgram, prologue: TritonDialect, writer: SourceWriter
+) -> dict[tuple[str, str], str]:
+    """Convert the prologue's values that the loop multiplies (Q scaled) to the products'
+    element type once, instead of once per key tile."""
+    before_loop = {op.tensor for op in program.prologue}
+    converted: dict[tuple[str, str], str] = {}
+    for op in program.body:
+        if op.contraction is None or op.reduced is None:
+            continue
+        for factor in (op.contraction.lhs, op.contraction.rhs):
+            if not (isinstance(factor, Access) and factor.tensor in before_loop):
+                continue
+            code = Code(value_name(factor.tensor), program.value_axes[factor.tensor])
+            if (code.text, op.reduced) not in converted:
+                name = f"d{len(converted)}_{factor.tensor}"
+                writer.line(f"{name} = {prologue.dot_operand(code, op.reduced)}")
+                converted[(code.text, op.reduced)] = name
+    return converted
 
 
 def _ops(

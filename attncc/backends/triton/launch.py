@@ -54,7 +54,7 @@ class TileConfig:
     num_stages: int = 2
 
 
-DEFAULT_CONFIG = TileConfig()
+DEFAULT_CONFIG = TileConfig(num_warps=8)
 CONFIGS = (
     TileConfig(64, 64, 4, 2),
     TileConfig(128, 64, 4, 3),
