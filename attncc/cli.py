@@ -3,6 +3,10 @@
 attncc dump FILE|NAME [-O key=value ...]        the cascade as text IR
 attncc check FILE|NAME ...                        verify; located errors, exit status 1
 attncc run FILE|NAME --shapes E=64,M=512,... [--seed N] [--dtype f64|f32]
+           [--backend reference|numpy|triton]
+attncc lower FILE|NAME --target numpy|triton [-o out.py] [--report] [--shapes ...]
+           [--dtype f16|bf16|f32] [--tiles QxK] [--passes PIPELINE]
+                                                  the cascade as NumPy or Triton source
 attncc analyze FILE|NAME [--rank M] [--shapes ...] [--json] [--dot graph.dot]
 attncc opt FILE|NAME --passes PIPELINE [--print-ir-after-all] [--check] [-o out.ein]
 attncc masks NAME [--shape 64x64] [--tile 64|QxK] [-O key=value ...] [--png out.png]
@@ -35,8 +39,8 @@ from attncc.analysis import (
 )
 from attncc.analysis.sparsity import classify_tiles
 from attncc.analysis.tile_picture import write_png
-from attncc.backends.numpy.reference import interpret
-from attncc.config import config
+from attncc.backends.execute import LOWERING_PIPELINE, Backend, execute
+from attncc.config import config, use_triton_interpreter
 from attncc.differential import check_equivalent, random_inputs
 from attncc.errors import AttnccError, VerifyError
 from attncc.frontends.library import attention_3pass
@@ -50,7 +54,7 @@ from attncc.frontends.mask_options import (
 from attncc.frontends.masks import MASKS
 from attncc.frontends.options import key_values, option_value
 from attncc.frontends.sdpa import match_sdpa, sdpa_reference
-from attncc.ir import Cascade, bind_sizes, parse, print_cascade
+from attncc.ir import Cascade, DType, bind_sizes, parse, print_cascade
 from attncc.passes import PIPELINES, PassManager, parse_pipeline, run_pipeline
 
 
@@ -82,14 +86,22 @@ def _statistics(name: str, array: np.ndarray) -> str:
     )
 
 
-def run_and_report(cascade: Cascade, sizes: Mapping[str, int], seed: int, dtype: str) -> float:
-    """Run `cascade` on random inputs, print output statistics and, for attention, the error
-    against PyTorch's scaled_dot_product_attention. Returns that relative error (or NaN)."""
+def run_and_report(
+    cascade: Cascade,
+    sizes: Mapping[str, int],
+    seed: int,
+    dtype: str,
+    backend: Backend = Backend.REFERENCE,
+) -> float:
+    """Run `cascade` on random inputs with `backend`, print output statistics and, for
+    attention, the error against PyTorch's scaled_dot_product_attention. Returns that
+    relative error (or NaN)."""
     bound = bind_sizes(cascade, sizes)
     numpy_dtype = np.dtype(np.float64 if dtype == "f64" else np.float32)
     inputs = random_inputs(cascade, bound, np.random.default_rng(seed), numpy_dtype)
-    outputs = interpret(cascade, inputs, bound)
-    print(f"{cascade.name}: {', '.join(f'{k}={v}' for k, v in bound.items())}, {dtype}")
+    outputs = execute(cascade, inputs, bound, backend)
+    shown = ", ".join(f"{k}={v}" for k, v in bound.items())
+    print(f"{cascade.name}: {shown}, {dtype}, backend {backend.value}")
     for name, array in outputs.items():
         print(_statistics(name, array))
     call = match_sdpa(cascade)
@@ -132,8 +144,80 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cascade = load(args.source, parse_options(args.option))
-    run_and_report(cascade, parse_shapes(args.shapes), args.seed, args.dtype)
+    backend = Backend(args.backend)
+    if backend is Backend.TRITON and not _cuda_available():
+        if not use_triton_interpreter():
+            raise AttnccError("Triton is already loaded for a GPU; set TRITON_INTERPRET=1")
+        print("no CUDA device: Triton runs the kernel in its interpreter", file=sys.stderr)
+    run_and_report(cascade, parse_shapes(args.shapes), args.seed, args.dtype, backend)
     return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+_TRITON_TYPES = {"f16": DType.F16, "bf16": DType.BF16, "f32": DType.F32}
+
+
+def _lower(args: argparse.Namespace) -> int:
+    cascade = load(args.source, parse_options(args.option))
+    lowered, _ = run_pipeline(cascade, args.passes)
+    tiles = positive_ints(args.tiles, "--tiles", "128x64") if args.tiles else None
+    if tiles is not None and len(tiles) != 2:
+        raise AttnccError(f"--tiles {args.tiles}: give QUERYxKEY, e.g. 128x64")
+    if args.target == "numpy":
+        if args.report:
+            raise AttnccError("--report reads compiled GPU kernels: it goes with --target triton")
+        from attncc.backends.numpy.tiled import lower_tiled, numpy_source
+
+        query, key = tiles or (None, None)
+        source = numpy_source(lower_tiled(lowered, query_tile=query, key_tile=key))
+    else:
+        source = _lower_triton(lowered, args, tiles)
+    if args.output:
+        Path(args.output).write_text(source)
+        print(f"{args.target} source written to {args.output}", file=sys.stderr)
+    else:
+        print(source, end="")
+    return 0
+
+
+def _lower_triton(lowered: Cascade, args: argparse.Namespace, tiles: Sequence[int] | None) -> str:
+    from attncc.backends.schedule import schedule
+    from attncc.backends.tile_program import tile_program
+    from attncc.backends.triton.launch import TileConfig, lower_triton
+
+    shapes = parse_shapes(args.shapes)
+    features = {}
+    for var in tile_program(schedule(lowered)).features:
+        rank = lowered.rank_of_index(var)
+        assert rank is not None, "tile axes are index variables of ranks"
+        fixed = rank.size if rank.size.is_number else None
+        features[var] = shapes.get(rank.name, int(fixed) if fixed is not None else 64)
+    element = _TRITON_TYPES[args.dtype]
+    dtypes = {
+        d.name: element if d.dtype is None or d.dtype.is_float else d.dtype
+        for d in (*lowered.inputs, *lowered.outputs)
+    }
+    config = None
+    if tiles is not None:
+        config = TileConfig(tiles[0], tiles[1], args.warps, args.stages)
+    kernel = lower_triton(lowered, features=features, dtypes=dtypes, config=config)
+    if args.report:
+        from attncc.backends.triton.cubin import resource_table
+        from attncc.backends.triton.report import compile_report
+
+        rows = compile_report(kernel, name=lowered.name)
+        shown = ", ".join(f"{v}={n}" for v, n in features.items())
+        tile = f"{kernel.config.query_tile}x{kernel.config.key_tile}"
+        print(
+            f"compiled for CUDA without a GPU; {shown}, {args.dtype}, tiles {tile}", file=sys.stderr
+        )
+        print(resource_table(rows), file=sys.stderr)
+    return kernel.source
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -285,7 +369,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shapes", help="rank sizes, e.g. E=64,M=512,P=512")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--dtype", choices=("f64", "f32"), default="f64")
+    run.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        default="reference",
+        help="reference interpreter (default), tiled NumPy, or Triton (interpreted without a GPU)",
+    )
     run.set_defaults(handler=_run)
+    lower = source_command("lower", "emit the cascade as a NumPy or Triton kernel")
+    lower.add_argument("--target", choices=("numpy", "triton"), required=True)
+    lower.add_argument("-o", "--output", help="write the source here instead of stdout")
+    lower.add_argument(
+        "--report",
+        action="store_true",
+        help="compile for sm_80 and sm_90 and print registers, shared memory, spills, mma (stderr)",
+    )
+    lower.add_argument(
+        "--passes", default=LOWERING_PIPELINE, help=f"pipeline first (default {LOWERING_PIPELINE})"
+    )
+    lower.add_argument("--shapes", help="head dimensions, e.g. E=128,F=128 (default 64)")
+    lower.add_argument("--dtype", choices=tuple(_TRITON_TYPES), default="f16", help="Triton inputs")
+    lower.add_argument("--tiles", help="QUERYxKEY tile sizes (default: per target)")
+    lower.add_argument("--warps", type=int, default=8, help="Triton warps with --tiles")
+    lower.add_argument("--stages", type=int, default=2, help="Triton stages with --tiles")
+    lower.set_defaults(handler=_lower)
     analyze_command = source_command("analyze", "pass lower bound, footprint and cost")
     analyze_command.add_argument(
         "--rank", action="append", help="rank to count passes over (repeatable; default: all)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,3 +40,13 @@ def config() -> Config:
         cache_dir=Path(os.environ.get("ATTNCC_CACHE_DIR", default_cache)),
         log_level=_read_log_level(os.environ.get("ATTNCC_LOG_LEVEL", "WARNING")),
     )
+
+
+def use_triton_interpreter() -> bool:
+    """Make Triton run kernels in its interpreter, on the CPU (for machines without a GPU).
+    Triton reads TRITON_INTERPRET once, when it is imported: returns whether that is still
+    ahead, i.e. whether the request takes effect."""
+    if "triton" in sys.modules:
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    os.environ["TRITON_INTERPRET"] = "1"
+    return True
