@@ -37,11 +37,15 @@ and H x [Qtile, Ktile] @ [Ktile, D]); a 2048 x 64 @ 64 x 2048 GEMM is printed be
 
 Correctness: every output (attncc's and torch's) is compared with float32 SDPA computed with
 the boolean mask in query chunks; a difference over 1e-4 of the reference's largest magnitude
-is reported and the benchmark exits with status 1. A measurement whose estimate (from the
-previous row's seconds per pair, or a default) exceeds the time budget, or whose dense mask
-would not fit the memory budget, is skipped and says why. Timings on a shared machine move
-with its load (printed at the start and end); library thread defaults are kept unless
-`--threads` is given (it sets torch's threads and OpenBLAS's for NumPy).
+is reported and the benchmark exits with status 1. A measurement whose estimate of one call
+(the same mask's smaller size, scaled by visible pairs, or a default rate) exceeds the time
+budget, or whose dense mask would not fit the memory budget, is skipped and says why.
+
+Threads: library defaults (torch's intra-op threads, OpenBLAS's for NumPy) unless `--threads` is
+given, which sets both. Timings on a shared machine move with its load (printed at the start and
+end). attncc's calls make many small BLAS calls (two per head and tile), and with OpenBLAS's
+threads each waits for a second thread; when another process holds the other core that wait
+dominates, so `--threads 1` gives the stable per-core comparison.
 
 Run: `.venv/bin/python benchmarks/cpu_attention.py` (about 15 minutes on 2 cores; `--quick` for
 N=4096 only; `--sweep-tiles` times attncc's tile sizes on one row instead; `--help` for the
@@ -86,8 +90,8 @@ QUICK_SIZES = (4096,)
 MASK_NAMES = ("dense", "causal", "sliding_window", "neighborhood_2d", "document")
 PATHS = ("attncc", "sdpa", "sdpa_mask", "flex")
 SWEEP_TILES = ((128, 256), (256, 256), (256, 512), (512, 512), (256, 1024))
-# Seconds per unit of work (visible pair and head; every pair for sdpa_mask) before a row of
-# the same path was measured: generous rates for this 2-core machine.
+# Seconds per unit of work (visible pair and head; every pair for sdpa_mask) before a smaller
+# size of the same mask and path was measured: generous rates for this 2-core machine.
 DEFAULT_SECONDS_PER_UNIT = {"attncc": 2e-8, "sdpa": 5e-9, "sdpa_mask": 5e-9, "flex": 1e-8}
 # Bytes per (query, key) point a dense mask costs: SDPA's boolean mask and the float mask it
 # converts it to; create_block_mask's eager evaluation of the mask_mod.
@@ -452,7 +456,7 @@ def status_meminfo(field: str) -> int:
 
 class Runner:
     """Runs `--measure-one` subprocesses, each with empty caches, skipping what would overrun
-    a budget; remembers each path's seconds per unit of work to estimate the next row."""
+    a budget; remembers each (mask, path)'s seconds per unit of work to estimate the next size."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -460,18 +464,21 @@ class Runner:
         self.memory_budget = available_memory() // 2
         if args.memory_budget is not None:
             self.memory_budget = int(args.memory_budget * 1e9)
-        self.seconds_per_unit: dict[str, float] = {}
+        self.seconds_per_unit: dict[tuple[str, str], float] = {}
         self.count = 0
 
     @staticmethod
     def work(path: str, n: int, pairs: int) -> int:
+        """Units a call's time scales with: visible pairs and heads (every pair for SDPA with a
+        mask, which does not skip masked blocks)."""
         return B * H * (n * n if path == "sdpa_mask" else pairs)
 
     def skip_reason(self, path: str, problem: Problem, pairs: int) -> str:
         need = problem.io_bytes + BYTES_PER_POINT.get(path, 0) * problem.n**2
         if need > self.memory_budget:
             return f"est. {need / 1e9:.1f} GB > {self.memory_budget / 1e9:.1f} GB"
-        rate = self.seconds_per_unit.get(path, DEFAULT_SECONDS_PER_UNIT[path])
+        default = DEFAULT_SECONDS_PER_UNIT[path]
+        rate = self.seconds_per_unit.get((problem.mask, path), default)
         estimate = rate * self.work(path, problem.n, pairs)
         if estimate > self.args.time_budget:
             return f"est. {estimate:.0f} s a call > {self.args.time_budget:.0f} s"
@@ -488,7 +495,7 @@ class Runner:
         measurement, out = self.spawn(path, problem, tiles)
         if measurement.median_s is not None:
             rate = measurement.median_s / self.work(path, problem.n, pairs)
-            self.seconds_per_unit[path] = max(rate, self.seconds_per_unit.get(path, 0.0))
+            self.seconds_per_unit[problem.mask, path] = rate
             progress(
                 f"  {path}: first {measurement.first_s or 0.0:.3f} s, median "
                 f"{measurement.median_s:.3f} s of {measurement.runs}, working "

@@ -157,8 +157,9 @@ def test_cached_function_has_its_source_and_module(tmp_path: Path) -> None:
     assert dataclasses.is_dataclass(module.Tile(rows=2))
 
 
+@pytest.mark.cuda_compile
 def test_triton_jit_reads_the_cached_kernel(tmp_path: Path) -> None:
-    pytest.importorskip("triton")
+    """Triton's JIT (not its interpreter, hence the mark) reads a kernel's source back."""
     source = (
         "import triton\n"
         "import triton.language as tl\n\n\n"

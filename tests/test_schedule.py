@@ -49,7 +49,7 @@ def test_whatever_reads_the_results_runs_after_the_loop() -> None:
     ("pipeline", "message"),
     [
         ("", "runs over exactly one partitioned key rank"),
-        ("partition", "runs over exactly one partitioned key rank"),
+        ("partition", "GM reduces over all of M1, and SN reads it inside the same key loop"),
     ],
 )
 def test_cascades_that_are_not_one_pass_are_refused(pipeline: str, message: str) -> None:
@@ -60,10 +60,18 @@ def test_cascades_that_are_not_one_pass_are_refused(pipeline: str, message: str)
         schedule(cascade)
 
 
-def test_a_total_over_the_key_tiles_needs_another_pass() -> None:
+def test_a_total_over_the_key_tiles_is_carried_through_the_loop() -> None:
     text = print_cascade(attention_1pass()) + "T[p] = SLD[m1,p]\n"
     text = text.replace("output AV[f,p] : f32", "output AV[f,p] : f32\noutput T[p] : f32")
-    with pytest.raises(LoweringError, match="T reduces over all of M1 without running over it"):
+    nest = schedule(parse(text))
+    assert names(nest.accumulated) == ["T"]
+    assert "T" not in names(nest.epilogue)
+
+
+def test_a_total_read_inside_the_loop_needs_another_pass() -> None:
+    text = print_cascade(attention_1pass()) + "T[p] = SLD[m1,p]\nU[m1,p] = SLD[m1,p] / T[p]\n"
+    text = text.replace("output AV[f,p] : f32", "output AV[f,p] : f32\noutput U[m1,p] : f32")
+    with pytest.raises(LoweringError, match="U reads it inside the same key loop"):
         schedule(parse(text))
 
 
