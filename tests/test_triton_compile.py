@@ -10,7 +10,7 @@ from lowering_cases import CASES, Case, inputs_for, sizes
 from attncc.backends.schedule import schedule
 from attncc.backends.tile_program import tile_program
 from attncc.backends.triton.cubin import KernelResources
-from attncc.backends.triton.launch import default_config, lower_triton
+from attncc.backends.triton.launch import CONFIGS, TileConfig, default_config, lower_triton
 from attncc.backends.triton.report import compile_report
 from attncc.ir import DType
 
@@ -62,3 +62,15 @@ def test_fp32_kernel_compiles_without_spills() -> None:
 
 def test_head_dimension_128_gets_smaller_tiles_and_no_spills() -> None:
     _check(_compile(CASES[1], DType.F16, 128), tensor_cores=True, wgmma=False)
+
+
+def _config_id(config: TileConfig) -> str:
+    return f"{config.query_tile}x{config.key_tile}w{config.num_warps}s{config.num_stages}"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
+def test_every_autotuning_candidate_compiles_without_spills(config: TileConfig) -> None:
+    _, lowered = CASES[1].cascades()
+    dtypes = {n: DType.F16 for n in ("Q", "K", "V", "AV")}
+    kernel = lower_triton(lowered, features={"e": 64, "f": 64}, dtypes=dtypes, config=config)
+    _check(compile_report(kernel), tensor_cores=True, wgmma=False)

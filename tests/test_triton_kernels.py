@@ -10,7 +10,7 @@ import pytest
 import torch
 from lowering_cases import CASES, Case, inputs_for, reference, relative_error, sizes
 
-from attncc.backends.triton.launch import TileConfig, lower_triton, run_triton
+from attncc.backends.triton.launch import TileConfig, autotune, lower_triton, run_triton
 from attncc.errors import ExecutionError, LoweringError
 from attncc.ir import DType
 
@@ -104,3 +104,10 @@ def test_bad_inputs_are_named() -> None:
     _, lowered = CASES[0].cascades()
     with pytest.raises(ExecutionError, match="missing: V"):
         run_triton(lowered, {"Q": torch.zeros(1, 1, 16, 8), "K": torch.zeros(1, 1, 16, 8)})
+
+
+def test_autotuning_needs_a_gpu() -> None:
+    _, lowered = CASES[0].cascades()
+    inputs = {n: torch.zeros(1, 1, 16, 8) for n in ("Q", "K", "V")}
+    with pytest.raises(ExecutionError, match="autotuning times kernels on a CUDA device"):
+        autotune(lowered, inputs)

@@ -249,3 +249,25 @@ def _rank(nest: Schedule, var: str) -> str:
     rank = nest.cascade.rank_of_index(var)
     assert rank is not None
     return rank.name
+
+
+def autotune(
+    cascade: Cascade,
+    inputs: Mapping[str, torch.Tensor],
+    sizes: Mapping[str, int] | None = None,
+    configs: tuple[TileConfig, ...] = CONFIGS,
+) -> TileConfig:
+    """The fastest of `configs` for `cascade` on these CUDA inputs, timed end to end (tile
+    classification included) with Triton's `do_bench`."""
+    devices = {t.device.type for t in inputs.values()}
+    if devices != {"cuda"}:
+        raise ExecutionError(
+            f"autotuning times kernels on a CUDA device; these inputs are on {sorted(devices)} "
+            "(use default_config there)"
+        )
+    from triton.testing import do_bench
+
+    def timing(config: TileConfig) -> float:
+        return float(do_bench(lambda: run_triton(cascade, inputs, sizes, config=config)))
+
+    return min(configs, key=timing)
