@@ -50,7 +50,7 @@ _CALLS = {
     "sqrt": "np.sqrt({0})",
     "rsqrt": "(1.0 / np.sqrt({0}))",
     "abs": "np.abs({0})",
-    "select": "np.where({0}, {1}, {2})",
+    "select": "_select({0}, {1}, {2})",
     "lt": "({0} < {1})",
     "le": "({0} <= {1})",
     "gt": "({0} > {1})",
@@ -71,6 +71,17 @@ import numpy as np
 def _sigmoid(x):
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _select(condition, a, b):
+    # A condition over fewer axes than the result (a per-row guard) is usually the same for
+    # the whole tile: then one branch is the result, without a pass over the tile.
+    shape = np.broadcast_shapes(np.shape(condition), np.shape(a), np.shape(b))
+    if 4 * np.size(condition) <= np.prod(shape):
+        taken = a if np.all(condition) else b if not np.any(condition) else None
+        if taken is not None:
+            return np.broadcast_to(np.asarray(taken, dtype=np.result_type(a, b)), shape)
+    return np.where(condition, a, b)
 """
 
 
