@@ -149,7 +149,11 @@ def _run(args: argparse.Namespace) -> int:
         if not use_triton_interpreter():
             raise AttnccError("Triton is already loaded for a GPU; set TRITON_INTERPRET=1")
         print("no CUDA device: Triton runs the kernel in its interpreter", file=sys.stderr)
-    run_and_report(cascade, parse_shapes(args.shapes), args.seed, args.dtype, backend)
+    # Triton kernels compute in float32 at most; the other backends default to float64.
+    dtype = args.dtype or ("f32" if backend is Backend.TRITON else "f64")
+    if backend is Backend.TRITON and dtype == "f64":
+        raise AttnccError("--backend triton computes in float32 at most: use --dtype f32")
+    run_and_report(cascade, parse_shapes(args.shapes), args.seed, dtype, backend)
     return 0
 
 
@@ -168,9 +172,12 @@ def _lower(args: argparse.Namespace) -> int:
     tiles = positive_ints(args.tiles, "--tiles", "128x64") if args.tiles else None
     if tiles is not None and len(tiles) != 2:
         raise AttnccError(f"--tiles {args.tiles}: give QUERYxKEY, e.g. 128x64")
+    if tiles is None and (args.warps or args.stages):
+        raise AttnccError("--warps and --stages go with --tiles (a whole tile configuration)")
     if args.target == "numpy":
-        if args.report:
-            raise AttnccError("--report reads compiled GPU kernels: it goes with --target triton")
+        triton_only = [f"--{o}" for o in ("report", "dtype", "warps", "stages") if getattr(args, o)]
+        if triton_only:
+            raise AttnccError(f"{', '.join(triton_only)}: options of --target triton")
         from attncc.backends.numpy.tiled import lower_tiled, numpy_source
 
         query, key = tiles or (None, None)
@@ -197,14 +204,14 @@ def _lower_triton(lowered: Cascade, args: argparse.Namespace, tiles: Sequence[in
         assert rank is not None, "tile axes are index variables of ranks"
         fixed = rank.size if rank.size.is_number else None
         features[var] = shapes.get(rank.name, int(fixed) if fixed is not None else 64)
-    element = _TRITON_TYPES[args.dtype]
+    element = _TRITON_TYPES[args.dtype or "f16"]
     dtypes = {
         d.name: element if d.dtype is None or d.dtype.is_float else d.dtype
         for d in (*lowered.inputs, *lowered.outputs)
     }
     config = None
     if tiles is not None:
-        config = TileConfig(tiles[0], tiles[1], args.warps, args.stages)
+        config = TileConfig(tiles[0], tiles[1], args.warps or 8, args.stages or 2)
     kernel = lower_triton(lowered, features=features, dtypes=dtypes, config=config)
     if args.report:
         from attncc.backends.triton.cubin import resource_table
@@ -368,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = source_command("run", "run a cascade on random inputs with the reference interpreter")
     run.add_argument("--shapes", help="rank sizes, e.g. E=64,M=512,P=512")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--dtype", choices=("f64", "f32"), default="f64")
+    run.add_argument(
+        "--dtype", choices=("f64", "f32"), help="inputs (default f64; f32 for --backend triton)"
+    )
     run.add_argument(
         "--backend",
         choices=[b.value for b in Backend],
@@ -388,10 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--passes", default=LOWERING_PIPELINE, help=f"pipeline first (default {LOWERING_PIPELINE})"
     )
     lower.add_argument("--shapes", help="head dimensions, e.g. E=128,F=128 (default 64)")
-    lower.add_argument("--dtype", choices=tuple(_TRITON_TYPES), default="f16", help="Triton inputs")
+    lower.add_argument("--dtype", choices=tuple(_TRITON_TYPES), help="Triton inputs (default f16)")
     lower.add_argument("--tiles", help="QUERYxKEY tile sizes (default: per target)")
-    lower.add_argument("--warps", type=int, default=8, help="Triton warps with --tiles")
-    lower.add_argument("--stages", type=int, default=2, help="Triton stages with --tiles")
+    lower.add_argument("--warps", type=int, help="Triton warps with --tiles (default 8)")
+    lower.add_argument("--stages", type=int, help="Triton stages with --tiles (default 2)")
     lower.set_defaults(handler=_lower)
     analyze_command = source_command("analyze", "pass lower bound, footprint and cost")
     analyze_command.add_argument(

@@ -66,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -272,9 +272,11 @@ class AttnccPath:
 class TorchPath:
     """SDPA (no mask, or is_causal), SDPA with the boolean mask, or compiled FlexAttention."""
 
-    def __init__(self, kind: str, problem: Problem) -> None:
+    def __init__(self, kind: str, problem: Problem, threads: int | None) -> None:
         import torch
 
+        if threads:
+            torch.set_num_threads(threads)
         self.kind, self.problem, self.held_bytes = kind, problem, 0
         self.q, self.k, self.v = (torch.from_numpy(x) for x in (problem.q, problem.k, problem.v))
         self.mask: torch.Tensor | None = None
@@ -335,6 +337,7 @@ class Measurement:
     median_s: float | None = None
     runs: int = 0
     working_bytes: int | None = None
+    kept_bytes: int = 0  # RSS the first call left behind (compiled code, caches)
     skipped: str = ""
 
 
@@ -364,48 +367,45 @@ def status_kib(field: str) -> int:
     raise OSError(f"no {field} in /proc/self/status")
 
 
-@contextlib.contextmanager
-def peak_rss() -> Iterator[list[int]]:
-    """Yields a list that receives the peak RSS growth (bytes) of the block over its start,
-    or nothing when the peak mark cannot be reset; frees what the heap can give back first."""
+def settled_rss() -> int:
+    """VmRSS after a garbage collection and glibc's malloc_trim (free heap pages given back)."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
-    growth: list[int] = []
+    return status_kib("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Resets VmHWM to the current RSS; False where the kernel does not let us."""
     try:
-        baseline = status_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current RSS
+            clear_refs.write("5")
     except OSError:
-        yield growth
-        return
-    yield growth
-    growth.append(status_kib("VmHWM") - baseline)
+        return False
+    return True
 
 
 def measure_here(path: Implementation, problem: Problem, args: argparse.Namespace) -> Measurement:
     path.warm_up()
+    before = settled_rss()
     start = time.perf_counter()
     out = path.first()
     first = time.perf_counter() - start
     np.save(args.out, path.as_bhnd(out))
     del out
-    with peak_rss() as growth:
-        median, runs = median_time(path.call, args.repeat, args.time_budget)
+    baseline = settled_rss()
+    can_reset = reset_peak_rss()
+    median, runs = median_time(path.call, args.repeat, args.time_budget)
     working = None
-    if growth:
-        working = growth[0] - problem.q.nbytes + path.held_bytes
-    return Measurement(first, median, runs, working)
+    if can_reset:
+        working = status_kib("VmHWM") - baseline - problem.q.nbytes + path.held_bytes
+    return Measurement(first, median, runs, working, baseline - before)
 
 
 def measure_child(args: argparse.Namespace) -> int:
     """`--measure-one`: one measurement, printed as a JSON line."""
     mask, n = args.row
     problem = make_problem(mask, n)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.measure_one == "gemm":
         print(json.dumps(gemm_rates(args.tiles)))
         return 0
@@ -413,7 +413,7 @@ def measure_child(args: argparse.Namespace) -> int:
     if args.measure_one == "attncc":
         path = AttnccPath(problem, args.tiles)
     else:
-        path = TorchPath(args.measure_one, problem)
+        path = TorchPath(args.measure_one, problem, args.threads)
     if args.measure_one == "flex":
         from torch._inductor.utils import fresh_cache
 
@@ -499,7 +499,8 @@ class Runner:
             progress(
                 f"  {path}: first {measurement.first_s or 0.0:.3f} s, median "
                 f"{measurement.median_s:.3f} s of {measurement.runs}, working "
-                f"{megabytes(measurement.working_bytes)} MB"
+                f"{megabytes(measurement.working_bytes)} MB, kept by the first call "
+                f"{megabytes(measurement.kept_bytes)} MB"
             )
         return measurement, out
 
@@ -706,14 +707,14 @@ def measure_row(
     return Row(mask, n, pairs, problem.io_bytes, results), problems
 
 
-def header(args: argparse.Namespace, gemm: dict[str, float]) -> str:
+def header(args: argparse.Namespace, gemm: dict[str, float], load: float) -> str:
     import torch
 
     threads = args.threads or f"defaults (torch {torch.get_num_threads()})"
     return (
         f"CPU attention, B={B} H={H} D={D} float32, torch {torch.__version__}, numpy "
         f"{np.__version__}, threads: {threads}, attncc tiles {args.tiles[0]}x{args.tiles[1]}, "
-        f"load average at start {os.getloadavg()[0]:.2f}\n"
+        f"load average at start {load:.2f}\n"
         f"NumPy float32 GEMM: {gemm['tile']:.1f} GFLOP/s in attncc's tile shapes (the "
         f"'of GEMM' reference), {gemm['square']:.1f} GFLOP/s at 2048x64 @ 64x2048\n"
         f"Seconds are medians of up to {args.repeat} runs; MB is a call's working memory beyond "
@@ -722,6 +723,7 @@ def header(args: argparse.Namespace, gemm: dict[str, float]) -> str:
 
 
 def run_table(args: argparse.Namespace, runner: Runner) -> tuple[str, list[str]]:
+    load = os.getloadavg()[0]
     gemm = runner.gemm(args.tiles)
     progress(f"GEMM: {gemm['tile']:.1f} GFLOP/s (tiles), {gemm['square']:.1f} GFLOP/s (2048)")
     rows, problems = [], []
@@ -730,7 +732,10 @@ def run_table(args: argparse.Namespace, runner: Runner) -> tuple[str, list[str]]
             row, found = measure_row(runner, mask, n, args.paths, args.tiles)
             rows.append(row)
             problems += found
-    lines = [header(args, gemm), format_table(COLUMNS, [cells(r, gemm["tile"]) for r in rows])]
+    lines = [
+        header(args, gemm, load),
+        format_table(COLUMNS, [cells(r, gemm["tile"]) for r in rows]),
+    ]
     for row in rows:
         for path, m in row.results.items():
             if m.skipped and m.skipped != "n/a":
@@ -740,6 +745,7 @@ def run_table(args: argparse.Namespace, runner: Runner) -> tuple[str, list[str]]
 
 def run_sweep(args: argparse.Namespace, runner: Runner) -> tuple[str, list[str]]:
     mask, n = args.sweep_row
+    load = os.getloadavg()[0]
     problem = make_problem(mask, n)
     expected, pairs = reference(problem)
     rows, problems = [], []
@@ -754,7 +760,7 @@ def run_sweep(args: argparse.Namespace, runner: Runner) -> tuple[str, list[str]]
         rows.append([f"{tiles[0]}x{tiles[1]}", first, median, rate, memory, str(m.runs)])
     title = (
         f"attncc tile sweep, {mask} N={n}, B={B} H={H} D={D} float32, threads: "
-        f"{args.threads or 'defaults'}, load average at start {os.getloadavg()[0]:.2f}"
+        f"{args.threads or 'defaults'}, load average at start {load:.2f}"
     )
     columns = ("QxK tiles", "first s", "median s", "GFLOP/s", "working MB", "runs")
     return f"{title}\n{format_table(columns, rows)}", problems

@@ -49,7 +49,7 @@ def test_lower_report_shows_the_resources_per_target(capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--target", "numpy", "--report"], "--report reads compiled GPU kernels"),
+        (["--target", "numpy", "--report"], "--report: options of --target triton"),
         (["--target", "numpy", "--tiles", "128"], "give QUERYxKEY"),
         (["--target", "triton", "--tiles", "48x16"], "not a power of two"),
     ],

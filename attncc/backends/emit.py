@@ -9,19 +9,12 @@ once, so the two emitters cannot drift apart.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from attncc.backends.tile_program import Operand, OpKind, TileOp, TileProgram
-from attncc.ir import Access, Call, Const, Coord, Expr, ReduceOp, Size
-
-IDENTITY: dict[ReduceOp, float] = {
-    ReduceOp.SUM: 0.0,
-    ReduceOp.MAX: -math.inf,
-    ReduceOp.MIN: math.inf,
-}
+from attncc.backends.tile_program import IDENTITY, Operand, OpKind, TileOp, TileProgram
+from attncc.ir import Access, Call, Const, Coord, Expr, ReduceOp, Size, indices_used
 
 
 @dataclass(frozen=True)
@@ -80,36 +73,38 @@ def expression(expr: Expr, program: TileProgram, dialect: Dialect) -> Code:
 
 def tile_value(op: TileOp, program: TileProgram, dialect: Dialect, *, masked: bool) -> Code:
     """The value `op` computes, over exactly `op.axes`. `masked` False leaves out the
-    block-sparse mask (a FULL tile); other filters always apply."""
+    block-sparse mask (a FULL tile); other filters always apply.
+
+    Lanes a filter masks inside a reduced axis take the reduction's identity; output points it
+    masks whole take its fill (by default the identity, or 0 without a reduction). A total
+    over the key tiles is combined across tiles, so there masked points hold the identity
+    (`tile_program` refuses any other fill)."""
     einsum = op.einsum
-    apply_filter = einsum.filter is not None and (masked or not op.sparse_mask)
+    active = einsum.filter if einsum.filter is not None and (masked or not op.sparse_mask) else None
+    identity = IDENTITY[einsum.reduce] if einsum.reduce is not None else 0.0
+    fill = identity if active is None or active.fill is None or op.accumulated else active.fill
 
     def filtered(value: Code, otherwise: float) -> Code:
-        if not apply_filter or einsum.filter is None:
+        if active is None:
             return value
-        predicate = expression(einsum.filter.predicate, program, dialect)
+        predicate = expression(active.predicate, program, dialect)
         axes = program.ordered((*value.axes, *predicate.axes))
-        fill = Code(dialect.constant(otherwise), uniform=True)
-        text = dialect.call(
-            "select",
-            [
-                dialect.expand(predicate, axes),
-                dialect.expand(value, axes),
-                dialect.expand(fill, axes),
-            ],
-        )
-        return Code(text, axes, value.uniform and predicate.uniform)
+        default = Code(dialect.constant(otherwise), uniform=True)
+        picks = [dialect.expand(c, axes) for c in (predicate, value, default)]
+        return Code(dialect.call("select", picks), axes, value.uniform and predicate.uniform)
 
-    fill = einsum.filter.fill if einsum.filter is not None else None
     if op.kind is OpKind.MAP:
-        value = filtered(expression(einsum.expr, program, dialect), fill or 0.0)
+        value = filtered(expression(einsum.expr, program, dialect), fill)
         return Code(dialect.full(value, op.axes), op.axes)
     assert einsum.reduce is not None and op.reduced is not None
     if op.kind is OpKind.REDUCE:
-        value = filtered(expression(einsum.expr, program, dialect), IDENTITY[einsum.reduce])
+        lanes = active is not None and op.reduced in indices_used(active.predicate)
+        value = expression(einsum.expr, program, dialect)
+        value = filtered(value, identity) if lanes else value
         over = program.ordered((*op.axes, op.reduced))
         spread = Code(dialect.full(value, over), over)
-        return Code(dialect.reduce(einsum.reduce, spread, op.reduced), op.axes)
+        result = Code(dialect.reduce(einsum.reduce, spread, op.reduced), op.axes)
+        return result if lanes else Code(dialect.full(filtered(result, fill), op.axes), op.axes)
     assert op.contraction is not None
     lhs = expression(op.contraction.lhs, program, dialect)
     rhs = expression(op.contraction.rhs, program, dialect)
@@ -119,8 +114,7 @@ def tile_value(op: TileOp, program: TileProgram, dialect: Dialect, *, masked: bo
         axes = program.ordered((*result.axes, *scale.axes))
         text = dialect.call("mul", [dialect.expand(result, axes), dialect.expand(scale, axes)])
         result = Code(text, axes)
-    value = filtered(result, fill if fill is not None else IDENTITY[einsum.reduce])
-    return Code(dialect.full(value, op.axes), op.axes)
+    return Code(dialect.full(filtered(result, fill), op.axes), op.axes)
 
 
 def initial_value(op: TileOp, program: TileProgram, dialect: Dialect) -> Code:

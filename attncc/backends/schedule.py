@@ -18,11 +18,13 @@ not in this form; emitters never guess.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import sympy
 
+from attncc.differential import mismatches
 from attncc.errors import LoweringError
 from attncc.ir import (
     BlockSparse,
@@ -198,24 +200,36 @@ def _check_epilogue(
                 )
 
 
+@functools.lru_cache(maxsize=256)
 def retile(
     cascade: Cascade, *, key_tile: int | None = None, query_tile: int | None = None
 ) -> Cascade:
     """`cascade` with its key tiles `key_tile` long and its block-sparse query tiles
-    `query_tile` long: the same results, another loop nest (bigger tiles for NumPy, tuned
-    ones for a GPU). Refused where the tile size is more than a tiling: where a value reads it
-    (`Size M0` in an expression) or an index uses it other than in `m1*M0 + m0`."""
+    `query_tile` long: another loop nest (bigger tiles for NumPy, tuned ones for a GPU) for
+    the same results. Refused where the results depend on the tile size: where a value reads
+    it (`Size M0` in an expression), where an index uses it other than in `m1*M0 + m0`, and
+    wherever the retiled cascade disagrees with the original when both are run on random
+    inputs spanning several tiles of each size (a count of tiles, a total of per-tile
+    maxima: what no syntactic rule catches). Cached: the check runs once per cascade."""
     verify(cascade)
+    retiled = cascade
     if key_tile is not None:
-        cascade = _retile_keys(cascade, key_tile)
+        retiled = _retile_keys(retiled, key_tile)
     if query_tile is not None:
         if query_tile < 1:
             raise LoweringError(f"query tile must be positive, got {query_tile}")
         tile = sympy.Integer(query_tile)
-        cascade = replace(
-            cascade, sparse=tuple(replace(s, query_tile=tile) for s in cascade.sparse)
+        retiled = replace(
+            retiled, sparse=tuple(replace(s, query_tile=tile) for s in retiled.sparse)
         )
-    return cascade
+    if retiled != cascade:
+        found = mismatches(cascade, retiled, trials=2)
+        if found:
+            raise LoweringError(
+                f"retiling {cascade.name} to {key_tile} keys by {query_tile} queries changes "
+                f"its results ({found[0]}): they depend on the tile size, which must stay"
+            )
+    return retiled
 
 
 def _retile_keys(cascade: Cascade, key_tile: int) -> Cascade:

@@ -20,6 +20,7 @@ the Einsum and the reason, so an emitter never has to guess.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,13 @@ from attncc.ir import (
     substitute,
     walk,
 )
+
+IDENTITY: dict[ReduceOp, float] = {
+    ReduceOp.SUM: 0.0,
+    ReduceOp.MAX: -math.inf,
+    ReduceOp.MIN: math.inf,
+}
+"""Each reduce operator's identity: what masked lanes and empty reductions hold."""
 
 
 class OpKind(enum.Enum):
@@ -207,6 +215,13 @@ def _axis_order(nest: Schedule, key: str) -> tuple[str, ...]:
     computed = (*nest.prologue, *nest.body, *nest.epilogue)
     used = set().union(*(e.space for e in computed))
     features = dict.fromkeys(v for v in [*declared, *sorted(used)] if v in used and v not in fixed)
+    whole_key = index_name(nest.key.rank)
+    if whole_key in features:
+        reader = next(e.tensor for e in computed if whole_key in e.space)
+        raise LoweringError(
+            f"Einsum {reader} spans the whole key rank {nest.key.rank} outside the key loop; "
+            f"only its tiles ({nest.key.outer} x {nest.key.inner}) can be lowered"
+        )
     return (nest.query, key, *features)
 
 
@@ -296,6 +311,8 @@ def _tile_op(
             "axes (query and key, or one of them and a feature)"
         )
     accumulated = key_tiles in einsum.reduced
+    if accumulated:
+        _check_fill(einsum, key_tiles, across_tiles=True)
     reduced = sorted(einsum.reduced - {key_tiles})
     if not reduced:
         return TileOp(einsum, OpKind.MAP, axes, sparse_mask=sparse_mask, accumulated=accumulated)
@@ -319,16 +336,17 @@ def _tile_op(
     )
 
 
-def _check_fill(einsum: Einsum, axis: str) -> None:
+def _check_fill(einsum: Einsum, axis: str, *, across_tiles: bool = False) -> None:
     """Lanes of `axis` a filter masks take the reduction's identity; an output point whose
     lanes are all masked then holds the identity too, which is the filter's fill only by
-    default. (A filter that does not read `axis` masks whole output points: fill them.)"""
+    default. A filter that does not read `axis` masks whole output points, which take the
+    fill, except across key tiles (`axis` the key tile index): a total over them combines
+    every tile's part, so each masked part must be the identity."""
     if einsum.filter is None or einsum.filter.fill is None or einsum.reduce is None:
         return
-    if axis not in indices_used(einsum.filter.predicate):
+    if not across_tiles and axis not in indices_used(einsum.filter.predicate):
         return
-    identity = {ReduceOp.SUM: 0.0, ReduceOp.MAX: float("-inf"), ReduceOp.MIN: float("inf")}
-    if einsum.filter.fill != identity[einsum.reduce]:
+    if einsum.filter.fill != IDENTITY[einsum.reduce]:
         raise LoweringError(
             f"Einsum {einsum.tensor} fills fully masked points with {einsum.filter.fill}, not "
             f"the identity of {einsum.reduce.value}; tile reductions give the identity there"

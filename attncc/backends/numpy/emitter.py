@@ -35,20 +35,20 @@ _CALLS = {
     "add": "({0} + {1})",
     "sub": "({0} - {1})",
     "mul": "({0} * {1})",
-    "div": "({0} / {1})",
+    "div": "np.divide({0}, {1}, dtype=_dtype)",
     "floordiv": "({0} // {1})",
     "mod": "({0} % {1})",
     "neg": "(-{0})",
     "max": "np.maximum({0}, {1})",
     "min": "np.minimum({0}, {1})",
-    "exp": "np.exp({0})",
-    "exp2": "np.exp2({0})",
-    "log": "np.log({0})",
-    "log2": "np.log2({0})",
-    "tanh": "np.tanh({0})",
+    "exp": "np.exp({0}, dtype=_dtype)",
+    "exp2": "np.exp2({0}, dtype=_dtype)",
+    "log": "np.log({0}, dtype=_dtype)",
+    "log2": "np.log2({0}, dtype=_dtype)",
+    "tanh": "np.tanh({0}, dtype=_dtype)",
     "sigmoid": "_sigmoid({0})",
-    "sqrt": "np.sqrt({0})",
-    "rsqrt": "(1.0 / np.sqrt({0}))",
+    "sqrt": "np.sqrt({0}, dtype=_dtype)",
+    "rsqrt": "(1.0 / np.sqrt({0}, dtype=_dtype))",
     "abs": "np.abs({0})",
     "select": "_select({0}, {1}, {2})",
     "lt": "({0} < {1})",
@@ -57,9 +57,9 @@ _CALLS = {
     "ge": "({0} >= {1})",
     "eq": "({0} == {1})",
     "ne": "({0} != {1})",
-    "and": "({0} & {1})",
-    "or": "({0} | {1})",
-    "not": "(~{0})",
+    "and": "np.logical_and({0}, {1})",
+    "or": "np.logical_or({0}, {1})",
+    "not": "np.logical_not({0})",
 }
 
 _FLOAT_OPS = frozenset(("div", "exp", "exp2", "log", "log2", "tanh", "sigmoid", "sqrt", "rsqrt"))
@@ -133,11 +133,13 @@ class NumpyDialect:
         return f"{code.text}[..., {picks}]"
 
     def full(self, code: Code, axes: tuple[str, ...]) -> str:
-        # Broadcasting views are enough: NumPy never needs every lane materialized, except
-        # for a uniform value that becomes a loop-carried tile.
         if code.uniform:
             return f"np.full(_grid + {self._shape(axes)}, {code.text}, dtype=_dtype)"
-        return self.expand(code, axes)
+        if set(code.axes) == set(axes):
+            return self.expand(code, axes)
+        # A broadcast view spans every lane without copying them (a reduction over an axis
+        # the value does not vary along must still count each lane).
+        return f"np.broadcast_to({self.expand(code, axes)}, _grid + {self._shape(axes)})"
 
     def reduce(self, op: ReduceOp, code: Code, axis: str) -> str:
         position = code.axes.index(axis) - len(code.axes)
@@ -160,13 +162,17 @@ class NumpyDialect:
         basic = self._basic_load(read)
         if basic is not None:
             return basic
-        # Any other index: one integer array per rank, broadcast over (grid..., axes...).
+        # Any other index: one integer array per rank, broadcast over (grid..., axes...),
+        # clipped into the rank: a point where it falls outside is one the cascade masks
+        # (docs/ir.md: reads at filtered-out points never happen), so any value will do.
         axes = self.program.operand_axes(read)
+        tensor = read.access.tensor
         picks = []
-        for index in read.access.indices:
+        for position, index in enumerate(read.access.indices):
             code = expression(index_value(index), self.program, self)
-            picks.append(self.expand(code, axes) if not code.uniform else code.text)
-        return f"{read.access.tensor}[{', '.join(picks)}]"
+            pick = code.text if code.uniform else self.expand(code, axes)
+            picks.append(f"np.clip({pick}, 0, {tensor}.shape[{position}] - 1)")
+        return f"{tensor}[{', '.join(picks)}]"
 
     def _basic_load(self, read: InputRead) -> str | None:
         """A view for reads at plain indices (grid, query, feature, the key position), the

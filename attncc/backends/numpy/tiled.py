@@ -7,6 +7,7 @@ over the block lists of its mask: EMPTY tiles are never visited and FULL tiles s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -32,12 +33,17 @@ def lower_tiled(
     cascade: Cascade, *, query_tile: int | None = None, key_tile: int | None = None
 ) -> Schedule:
     """The schedule NumPy runs: `cascade` retiled to CPU-sized tiles (defaults) unless given."""
-    tiled = retile(
-        cascade,
-        key_tile=key_tile or DEFAULT_KEY_TILE,
-        query_tile=query_tile or DEFAULT_QUERY_TILE,
+    query_tile = DEFAULT_QUERY_TILE if query_tile is None else query_tile
+    key_tile = DEFAULT_KEY_TILE if key_tile is None else key_tile
+    return schedule(
+        retile(cascade, key_tile=key_tile, query_tile=query_tile), query_tile=query_tile
     )
-    return schedule(tiled, query_tile=query_tile or DEFAULT_QUERY_TILE)
+
+
+@functools.cache
+def _default_cache() -> KernelCache:
+    """One cache per process, so its memo spares reloading a kernel on every call."""
+    return KernelCache(namespace="numpy")
 
 
 def numpy_source(nest: Schedule) -> str:
@@ -67,7 +73,7 @@ def run_tiled(
         query_tile=nest.query_tile,
         emitter=source_digest(emit, tile_program_module, numpy_emitter),
     )
-    kernel = (cache or KernelCache(namespace="numpy")).load(key, lambda: numpy_source(nest))
+    kernel = (cache or _default_cache()).load(key, lambda: numpy_source(nest))
     lists = TileLists.of(tile_classes(nest, bound, arrays).classes)
     try:
         result: dict[str, np.ndarray] = kernel.module.kernel(arrays, bound, lists.as_tuple(), dtype)

@@ -34,13 +34,6 @@ from attncc.backends.tile_program import InputRead, Operand, TileOp, TileProgram
 from attncc.errors import LoweringError
 from attncc.ir import Access, DType, ReduceOp, index_value
 
-TRITON_TYPES = {
-    DType.F16: "tl.float16",
-    DType.BF16: "tl.bfloat16",
-    DType.F32: "tl.float32",
-    DType.F64: "tl.float64",
-}
-
 _CALLS = {
     "add": "({0} + {1})",
     "sub": "({0} - {1})",
@@ -68,8 +61,8 @@ _CALLS = {
     "ge": "({0} >= {1})",
     "eq": "({0} == {1})",
     "ne": "({0} != {1})",
-    "and": "({0} & {1})",
-    "or": "({0} | {1})",
+    "and": "((({0}) != 0) & (({1}) != 0))",
+    "or": "((({0}) != 0) | (({1}) != 0))",
     "not": "({0} == 0)",
 }
 
@@ -327,8 +320,9 @@ def runtime_sizes(program: TileProgram) -> list[str]:
 
 def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter) -> None:
     query_rank = _rank(program, program.query)
-    writer.line("qt = tl.program_id(0)")
-    writer.line("flat = tl.program_id(1)")
+    # 64-bit indices: offsets of large tensors (batch x heads x sequence x dim) pass 2**31.
+    writer.line("qt = tl.program_id(0).to(tl.int64)")
+    writer.line("flat = tl.program_id(1).to(tl.int64)")
     for var in reversed(program.grid):
         rank = _rank(program, var)
         writer.line(f"g_{var} = flat % s_{rank}")
@@ -347,7 +341,7 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
     writer.line("count = tl.load(tile_counts + qt)")
     writer.line("for j in range(0, count):")
     with writer.indented():
-        writer.line("m1 = tl.load(tile_indices + qt * tiles_stride + j)")
+        writer.line("m1 = tl.load(tile_indices + qt * tiles_stride + j).to(tl.int64)")
         writer.line(f"x_{program.key} = tl.arange(0, BLOCK_K)")
         key_rank = program.schedule.key.rank
         writer.line(f"k_valid = m1 * BLOCK_K + x_{program.key} < s_{key_rank}")

@@ -7,6 +7,7 @@ Tile configurations for autotuning are `CONFIGS`; `run_triton` takes one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,6 @@ _TORCH_TYPES = {
     torch.float16: DType.F16,
     torch.bfloat16: DType.BF16,
     torch.float32: DType.F32,
-    torch.float64: DType.F64,
     torch.int32: DType.I32,
     torch.int64: DType.I64,
 }
@@ -68,7 +68,7 @@ def default_config(features: Mapping[str, int], dtypes: Mapping[str, DType]) -> 
     """Tiles that compile without register spills on sm_80 and sm_90 (the cuda_compile tests
     check it): 64x64 on 8 warps for fp16/bf16 up to head dimension 64, 32x32 beyond; 64x32
     for fp32, whose IEEE products run on the FMA units and hold more registers."""
-    if any(t in (DType.F32, DType.F64) for t in dtypes.values()):
+    if DType.F32 in dtypes.values():
         return CONFIGS[2]
     return CONFIGS[0] if max(features.values(), default=0) <= 64 else CONFIGS[1]
 
@@ -150,7 +150,7 @@ def run_triton(
     def build() -> str:
         return lower_triton(cascade, features=features, dtypes=dtypes, config=chosen).source
 
-    module = (cache or KernelCache(namespace="triton")).load(key, build).module
+    module = (cache or _default_cache()).load(key, build).module
     device = next(iter(tensors.values())).device
     arrays = {n: t.detach().cpu().numpy() for n, t in tensors.items() if not t.is_floating_point()}
     lists = _device_lists(tile_classes(probe, bound, arrays), probe, bound, device)
@@ -184,6 +184,12 @@ def run_triton(
     return outputs
 
 
+@functools.cache
+def _default_cache() -> KernelCache:
+    """One cache per process, so its memo spares reloading a kernel on every call."""
+    return KernelCache(namespace="triton")
+
+
 def _tensors(
     cascade: Cascade, inputs: Mapping[str, torch.Tensor | npt.ArrayLike]
 ) -> dict[str, torch.Tensor]:
@@ -206,7 +212,8 @@ def _dtype(name: str, dtype: torch.dtype) -> DType:
     found = _TORCH_TYPES.get(dtype)
     if found is None:
         raise ExecutionError(
-            f"tensor {name} has element type {dtype}, which Triton kernels take not"
+            f"tensor {name} has element type {dtype}; Triton kernels take float16, bfloat16, "
+            "float32 and int32/int64 ids (float64: use the numpy backend)"
         )
     return found
 

@@ -26,7 +26,6 @@ _POINTER = {
     DType.F16: "*fp16",
     DType.BF16: "*bf16",
     DType.F32: "*fp32",
-    DType.F64: "*fp64",
     DType.I32: "*i32",
     DType.I64: "*i64",
     DType.BOOL: "*i1",
