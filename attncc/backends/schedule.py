@@ -65,6 +65,13 @@ class Schedule:
     def key_tile_index(self) -> str:
         return index_name(self.key.outer)
 
+    def rank_of(self, var: str) -> str:
+        """The rank index variable `var` runs over (`p` -> P)."""
+        rank = self.cascade.rank_of_index(var)
+        if rank is None:
+            raise LoweringError(f"index {var} of {self.cascade.name} names no rank")
+        return rank.name
+
     @property
     def carried(self) -> tuple[Einsum, ...]:
         return tuple(e for e in self.body if e.iterative_index == self.key_tile_index)

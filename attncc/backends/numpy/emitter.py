@@ -184,7 +184,8 @@ class NumpyDialect:
             if index.is_Integer:
                 picks.append(str(index))
             elif sympy.expand(index - key_position) == 0:
-                picks.append(f"m1 * s_{program.schedule.key.inner}:][:n_{program.key}")
+                start = f"m1 * s_{program.schedule.key.inner}"
+                picks.append(f"{start}:{start} + n_{program.key}")
                 labels.append(program.key)
             elif index.is_Symbol and index.name == program.query:
                 picks.append("p0:p1")
@@ -202,7 +203,7 @@ class NumpyDialect:
         """`tensor[picks]` with its dimensions put in (grid..., axes...) order."""
         target = [*self.program.grid, *self.program.ordered(labels)]
         order = sorted(range(len(labels)), key=lambda d: target.index(labels[d]))
-        text = self._sliced(tensor, picks)
+        text = f"{tensor}[{', '.join(picks)}]"
         if order != list(range(len(labels))):
             text = f"{text}.transpose({', '.join(map(str, order))})"
         present = set(labels)
@@ -211,16 +212,6 @@ class NumpyDialect:
         grid = ", ".join(":" if g in present else "None" for g in self.program.grid)
         rest = ", ".join(":" for a in target if a not in self.program.grid)
         return f"{text}[{', '.join(x for x in (grid, rest) if x)}]"
-
-    @staticmethod
-    def _sliced(tensor: str, picks: list[str]) -> str:
-        # The key position is a slice that starts at the tile, then keeps the tile's length:
-        # `K[:, m1*M0:][:n]` is two indexings; keep every other rank's pick in the first.
-        if not any("][" in p for p in picks):
-            return f"{tensor}[{', '.join(picks)}]"
-        first = [p.split("][")[0] for p in picks]
-        second = [p.split("][")[1] if "][" in p else ":" for p in picks]
-        return f"{tensor}[{', '.join(first)}][{', '.join(second)}]"
 
 
 def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
@@ -242,20 +233,20 @@ def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
         for rank in sorted(r.name for r in cascade.all_ranks()):
             writer.line(f's_{rank} = sizes["{rank}"]')
         writer.line("_dtype = dtype")
-        grid_shape = ", ".join(f"s_{_rank_of(program, g)}" for g in program.grid)
+        grid_shape = ", ".join(f"s_{program.schedule.rank_of(g)}" for g in program.grid)
         writer.line(f"_grid = ({grid_shape}{',' if len(program.grid) == 1 else ''})")
         for n, var in enumerate(program.grid):
             shape = ", ".join("-1" if k == n else "1" for k in range(len(program.grid)))
-            writer.line(f"g_{var} = np.arange(s_{_rank_of(program, var)}).reshape({shape})")
+            writer.line(f"g_{var} = np.arange(s_{program.schedule.rank_of(var)}).reshape({shape})")
         lead = "1, " * len(program.grid)
         for var in program.features:
-            writer.line(f"n_{var} = s_{_rank_of(program, var)}")
+            writer.line(f"n_{var} = s_{program.schedule.rank_of(var)}")
             writer.line(f"x_{var} = np.arange(n_{var}).reshape({lead}-1)")
         for decl in cascade.outputs:
             dims = ", ".join(f"s_{r}" for r in decl.ranks)
             writer.line(f"out_{decl.name} = np.empty(({dims},), dtype=_dtype)")
         writer.line("counts, indices, full = tiles")
-        query_tile, query_rank = nest.query_tile, _rank_of(program, program.query)
+        query_tile, query_rank = nest.query_tile, program.schedule.rank_of(program.query)
         writer.line(f"for qt in range(-(-s_{query_rank} // {query_tile})):")
         with writer.indented():
             _query_tile(program, writer, query_tile, query_rank)
@@ -338,9 +329,3 @@ def _store(op: TileOp, program: TileProgram, writer: SourceWriter) -> None:
     permutation = ", ".join(map(str, order))
     value = f"np.transpose({value_name(op.tensor)}, ({permutation},))"
     writer.line(f"out_{op.tensor}[{', '.join(picks)}] = {value}")
-
-
-def _rank_of(program: TileProgram, var: str) -> str:
-    rank = program.schedule.cascade.rank_of_index(var)
-    assert rank is not None, f"index {var} has a rank"
-    return rank.name

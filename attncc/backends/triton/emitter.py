@@ -198,13 +198,15 @@ class TritonDialect:
 
     def _masked(self, code: Code, axis: str, value: float) -> str:
         """`code` with lanes of `axis` past the data set to `value`, where there are any."""
-        valid = self._valid(axis)
+        valid = self.valid(axis)
         if valid is None:
             return code.text
         mask = self.expand(Code(valid, (axis,)), code.axes)
         return f"tl.where({mask}, {code.text}, {self.constant(value)})"
 
-    def _valid(self, axis: str) -> str | None:
+    def valid(self, axis: str) -> str | None:
+        """The lanes of `axis` inside the data (the ragged last key or query tile, a padded
+        head dimension), or None where every lane is."""
         program = self.program
         if axis == program.key:
             return "k_valid" if self.checked else None
@@ -253,7 +255,7 @@ class TritonDialect:
         if index.is_Symbol and index.name == program.query:
             return "q_valid"
         if index.is_Symbol and index.name in program.features:
-            return self._valid(index.name)
+            return self.valid(index.name)
         key_position = program.schedule.key.recombined()
         if sympy.expand(index - key_position) == 0:
             return "k_valid" if self.checked else None
@@ -319,12 +321,12 @@ def runtime_sizes(program: TileProgram) -> list[str]:
 
 
 def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter) -> None:
-    query_rank = _rank(program, program.query)
+    query_rank = program.schedule.rank_of(program.query)
     # 64-bit indices: offsets of large tensors (batch x heads x sequence x dim) pass 2**31.
     writer.line("qt = tl.program_id(0).to(tl.int64)")
     writer.line("flat = tl.program_id(1).to(tl.int64)")
     for var in reversed(program.grid):
-        rank = _rank(program, var)
+        rank = program.schedule.rank_of(var)
         writer.line(f"g_{var} = flat % s_{rank}")
         writer.line(f"flat = flat // s_{rank}")
     writer.line(f"x_{program.query} = qt * BLOCK_Q + tl.arange(0, BLOCK_Q)")
@@ -413,16 +415,10 @@ def _store(op: TileOp, program: TileProgram, dialect: TritonDialect, writer: Sou
             )
         code = dialect.coordinate(index.name)
         offsets.append(f"{dialect.expand(code, op.axes)} * st_{op.tensor}_{position}")
-        valid = None if index.name in program.grid else dialect._valid(index.name)
+        valid = None if index.name in program.grid else dialect.valid(index.name)
         if valid is not None:
             masks.append(dialect.expand(Code(valid, code.axes), op.axes))
     pointer = f"{op.tensor} + " + " + ".join(offsets)
     value = f"{value_name(op.tensor)}.to({op.tensor}.dtype.element_ty)"
     mask = f", mask={' & '.join(masks)}" if masks else ""
     writer.line(f"tl.store({pointer}, {value}{mask})")
-
-
-def _rank(program: TileProgram, var: str) -> str:
-    rank = program.schedule.cascade.rank_of_index(var)
-    assert rank is not None, f"index {var} has a rank"
-    return rank.name

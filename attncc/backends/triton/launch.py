@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from attncc.analysis.tile_map import TileMap
 from attncc.backends import emit
 from attncc.backends import tile_program as tile_program_module
 from attncc.backends.kernel_cache import KernelCache, cache_key, source_digest
@@ -133,43 +134,52 @@ def run_triton(
     # Head dimensions do not depend on the tiles: read them off the untiled loop nest.
     untiled = schedule(cascade)
     whole = bind_sizes(cascade, sizes, shapes)
-    features = {v: whole[_rank(untiled, v)] for v in tile_program(untiled).features}
-    config = config or default_config(features, dtypes)
-    probe = tiled_schedule(cascade, config)
-    program = tile_program(probe)
-    bound = bind_sizes(probe.cascade, sizes, shapes)
+    features = {v: whole[untiled.rank_of(v)] for v in tile_program(untiled).features}
+    chosen = config or default_config(features, dtypes)
     key = cache_key(
         cascade=print_cascade(cascade),
-        config=(config.query_tile, config.key_tile),
+        config=(chosen.query_tile, chosen.key_tile),
         features=tuple(sorted(features.items())),
         dtypes=tuple(sorted((n, t.value) for n, t in dtypes.items())),
         emitter=source_digest(emit, tile_program_module, triton_emitter),
     )
-    chosen = config
 
     def build() -> str:
         return lower_triton(cascade, features=features, dtypes=dtypes, config=chosen).source
 
     module = (cache or _default_cache()).load(key, build).module
+    nest = tiled_schedule(cascade, chosen)
+    bound = bind_sizes(nest.cascade, sizes, shapes)
     device = next(iter(tensors.values())).device
-    arrays = {n: t.detach().cpu().numpy() for n, t in tensors.items() if not t.is_floating_point()}
-    lists = _device_lists(tile_classes(probe, bound, arrays), probe, bound, device)
     outputs = {
         d.name: torch.empty(tuple(bound[r] for r in d.ranks), dtype=out_type, device=device)
         for d in cascade.outputs
     }
-    args: dict[str, Any] = {**tensors, **outputs}
-    for name, tensor in args.copy().items():
-        for n, stride in enumerate(tensor.stride()):
-            args[f"st_{name}_{n}"] = stride
-    args |= {f"s_{rank}": bound[rank] for rank in runtime_sizes(program)}
-    args |= lists
-    query_rank = _rank(probe, probe.query)
-    grid_points = int(np.prod([bound[_rank(probe, g)] for g in probe.grid], dtype=np.int64))
-    grid = (-(-bound[query_rank] // config.query_tile), grid_points)
-    kernel = _runnable(module.__dict__[KERNEL], device)
+    _launch(module.__dict__[KERNEL], nest, chosen, bound, {**tensors, **outputs})
+    return outputs
+
+
+def _launch(
+    jitted: Any,
+    nest: Schedule,
+    config: TileConfig,
+    sizes: Mapping[str, int],
+    tensors: Mapping[str, torch.Tensor],
+) -> None:
+    """Launch the kernel over the grid of `nest` at `sizes` on `tensors` (inputs and outputs)."""
+    device = next(iter(tensors.values())).device
+    ids = {n: t.detach().cpu().numpy() for n, t in tensors.items() if not t.is_floating_point()}
+    args: dict[str, Any] = dict(tensors)
+    for name, tensor in tensors.items():
+        args |= {f"st_{name}_{n}": stride for n, stride in enumerate(tensor.stride())}
+    program = tile_program(nest)
+    args |= {f"s_{rank}": sizes[rank] for rank in runtime_sizes(program)}
+    args |= _device_lists(tile_classes(nest, sizes, ids), nest, sizes, device)
+    query_tiles = -(-sizes[nest.rank_of(nest.query)] // config.query_tile)
+    grid_points = int(np.prod([sizes[nest.rank_of(g)] for g in nest.grid], dtype=np.int64))
+    kernel = _runnable(jitted, device)
     try:
-        kernel[grid](
+        kernel[(query_tiles, grid_points)](
             *(args[p] for p in kernel_parameters(program)),
             BLOCK_Q=config.query_tile,
             BLOCK_K=config.key_tile,
@@ -178,10 +188,9 @@ def run_triton(
         )
     except Exception as error:
         raise ExecutionError(
-            f"Triton kernel of {cascade.name} failed at sizes {bound}: "
+            f"Triton kernel of {nest.cascade.name} failed at sizes {dict(sizes)}: "
             f"{type(error).__name__}: {error}"
         ) from error
-    return outputs
 
 
 @functools.cache
@@ -219,7 +228,7 @@ def _dtype(name: str, dtype: torch.dtype) -> DType:
 
 
 def _device_lists(
-    classes: Any, nest: Schedule, sizes: Mapping[str, int], device: torch.device
+    classes: TileMap, nest: Schedule, sizes: Mapping[str, int], device: torch.device
 ) -> dict[str, Any]:
     """The tile lists as int32 tensors. The last key tile of a ragged key rank is never FULL
     here: FULL tiles skip bounds checks."""
@@ -250,12 +259,6 @@ def _runnable(jitted: Any, device: torch.device) -> Any:
             "set TRITON_INTERPRET=1 before Python starts (attncc run --backend triton does)"
         )
     return jitted
-
-
-def _rank(nest: Schedule, var: str) -> str:
-    rank = nest.cascade.rank_of_index(var)
-    assert rank is not None
-    return rank.name
 
 
 def autotune(
