@@ -221,7 +221,8 @@ def _lower_triton(lowered: Cascade, args: argparse.Namespace, tiles: Sequence[in
         shown = ", ".join(f"{v}={n}" for v, n in features.items())
         tile = f"{kernel.config.query_tile}x{kernel.config.key_tile}"
         print(
-            f"compiled for CUDA without a GPU; {shown}, {args.dtype}, tiles {tile}", file=sys.stderr
+            f"compiled for CUDA without a GPU; {shown}, {element.value}, tiles {tile}",
+            file=sys.stderr,
         )
         print(resource_table(rows), file=sys.stderr)
     return kernel.source

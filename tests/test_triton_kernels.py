@@ -111,3 +111,21 @@ def test_autotuning_needs_a_gpu() -> None:
     inputs = {n: torch.zeros(1, 1, 16, 8) for n in ("Q", "K", "V")}
     with pytest.raises(ExecutionError, match="autotuning times kernels on a CUDA device"):
         autotune(lowered, inputs)
+
+
+def test_offsets_past_two_to_the_31_elements() -> None:
+    """A batch stride of 2**30 elements: the third batch starts past 2**31 (int32 overflow).
+    The storage is allocated but only the touched pages are ever written."""
+    _, lowered = CASES[0].cascades()
+    big, e, p = 2**30, 16, 16
+    storage = torch.empty(2 * big + e * p, dtype=torch.float16)
+    q = storage.as_strided((3, 1, e, p), (big, e * p, p, 1))
+    generator = torch.Generator().manual_seed(6)
+    for batch in range(3):
+        q[batch].copy_(torch.randn(1, e, p, generator=generator))
+    k, v = (torch.randn(3, 1, e, p, generator=generator).half() for _ in range(2))
+    tensors = {"Q": q, "K": k, "V": v}
+    wide = {name: t.contiguous().double().numpy() for name, t in tensors.items()}
+    expected = reference(CASES[0], wide, {"B": 3, "H": 1, "E": e, "F": e, "M": p, "P": p})
+    actual = run_triton(lowered, tensors, config=SMALL)["AV"].double().numpy()
+    assert relative_error(actual, expected["AV"]) < 2e-2
