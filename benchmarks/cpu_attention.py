@@ -7,10 +7,10 @@ N = 4096 and 16384, float32. attncc runs `attention_3pass` through "flash-sparse
 ("flash,canonicalize" when dense) and `run_tiled`; torch runs scaled_dot_product_attention
 without a mask (dense) or with is_causal (causal), SDPA with a materialized [N, N] boolean
 attn_mask, and FlexAttention (`torch.compile(flex_attention)` with a `create_block_mask`
-BlockMask, 128x128 blocks, from the same mask definitions). Inputs are [B,H,N,D] C-contiguous
-float32 arrays (torch gets them zero-copy through `torch.from_numpy`); attncc gets
-`x.transpose(0, 1, 3, 2)` views of the same memory, its declared layout Q[b,h,e,p], K[b,h,e,m],
-V[b,h,f,m], and returns AV[b,h,f,p].
+BlockMask, 128x128 blocks, from the same mask definitions; none when dense). Inputs are
+[B,H,N,D] C-contiguous float32 arrays (torch gets them zero-copy through `torch.from_numpy`);
+attncc gets `x.transpose(0, 1, 3, 2)` views of the same memory, its declared layout
+Q[b,h,e,p], K[b,h,e,m], V[b,h,f,m], and returns AV[b,h,f,p].
 
 Every (implementation, row) runs in its own subprocess (`--measure-one`), a fresh process with
 an empty attncc kernel cache (ATTNCC_CACHE_DIR) and empty dynamo and inductor caches
@@ -47,9 +47,9 @@ end). attncc's calls make many small BLAS calls (two per head and tile), and wit
 threads each waits for a second thread; when another process holds the other core that wait
 dominates, so `--threads 1` gives the stable per-core comparison.
 
-Run: `.venv/bin/python benchmarks/cpu_attention.py` (about 15 minutes on 2 cores; `--quick` for
-N=4096 only; `--sweep-tiles` times attncc's tile sizes on one row instead; `--help` for the
-rest). Progress goes to stderr, the table to stdout.
+Run: `.venv/bin/python benchmarks/cpu_attention.py --threads 1` (about 15 minutes on 2 cores;
+`--quick` for N=4096 only; `--sweep-tiles --sweep-row causal:16384` times attncc's tile sizes
+on one row instead; `--help` for the rest). Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+# torch is imported where it is used, so that attncc's subprocesses run without it, as attncc
+# does.
 if TYPE_CHECKING:
     import torch
 
@@ -300,9 +302,9 @@ class TorchPath:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         if self.kind == "flex":
-            mod = mask_mod(self.problem) or (lambda b, h, q, kv: q >= 0)
-            n = self.problem.n
-            self.block_mask = create_block_mask(mod, None, None, n, n, device="cpu")
+            mod, n = mask_mod(self.problem), self.problem.n
+            if mod is not None:  # dense: no BlockMask
+                self.block_mask = create_block_mask(mod, None, None, n, n, device="cpu")
             self.compiled = torch.compile(flex_attention)
         return self.call()
 
@@ -808,7 +810,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="GB one measurement may use (default: half the available memory)",
     )
-    parser.add_argument("--tiles", type=parse_tiles, default=(256, 512), help="attncc's QxK")
+    parser.add_argument(
+        "--tiles",
+        type=parse_tiles,
+        default=(256, 512),
+        help="attncc's query x key tiles (default: 256x512)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch and OpenBLAS threads")
     parser.add_argument(
         "--sweep-tiles",
@@ -816,7 +823,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"time attncc at tiles {', '.join(f'{q}x{k}' for q, k in SWEEP_TILES)} instead",
     )
     parser.add_argument(
-        "--sweep-row", type=parse_row, default=None, help="MASK:N the sweep runs (causal:16384)"
+        "--sweep-row",
+        type=parse_row,
+        default=None,
+        help="MASK:N the sweep runs (default: causal at the largest size)",
     )
     parser.add_argument("--measure-one", choices=(*PATHS, "gemm"), help=argparse.SUPPRESS)
     parser.add_argument("--row", type=parse_row, default=("dense", 0), help=argparse.SUPPRESS)

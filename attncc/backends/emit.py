@@ -9,11 +9,21 @@ once, so the two emitters cannot drift apart.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from attncc.backends.tile_program import IDENTITY, Operand, OpKind, TileOp, TileProgram
+from attncc.backends.tile_program import (
+    IDENTITY,
+    InputRead,
+    Operand,
+    OpKind,
+    TileOp,
+    TileProgram,
+    ValueRead,
+)
+from attncc.errors import LoweringError
 from attncc.ir import Access, Call, Const, Coord, Expr, ReduceOp, Size, indices_used
 
 
@@ -51,6 +61,48 @@ class Dialect(Protocol):
     def reduce(self, op: ReduceOp, code: Code, axis: str) -> str: ...
 
     def dot(self, lhs: Code, rhs: Code, axis: str) -> Code: ...
+
+
+class TileDialect:
+    """What both dialects spell alike: constants, coordinates, and operands, each input read
+    emitted once per scope as a statement (`ldN_X = ...`). Subclasses say how to spell
+    infinity, whether the loop index is a plain number, and how to load an input."""
+
+    INFINITY = "float('inf')"
+    LOOP_INDEX_IS_NUMBER = False
+
+    def __init__(self, program: TileProgram, writer: SourceWriter) -> None:
+        self.program = program
+        self.writer = writer
+        self.loads: dict[Access, str] = {}
+
+    def constant(self, value: float) -> str:
+        if math.isinf(value):
+            return self.INFINITY if value > 0 else f"-{self.INFINITY}"
+        return repr(int(value)) if value.is_integer() and abs(value) < 2**31 else repr(value)
+
+    def coordinate(self, var: str) -> Code:
+        program = self.program
+        if var == program.key_tiles:
+            return Code("m1", uniform=self.LOOP_INDEX_IS_NUMBER)
+        if var in program.grid:
+            return Code(f"g_{var}")
+        if var in program.axis_order:
+            return Code(f"x_{var}", (var,))
+        raise LoweringError(f"coordinate {var} is neither a grid, tile nor loop index")
+
+    def operand(self, access: Access, operand: Operand) -> Code:
+        if isinstance(operand, ValueRead):
+            axes = self.program.value_axes[operand.tensor]
+            return Code(value_name(operand.tensor, previous=operand.previous), axes)
+        if access not in self.loads:
+            name = f"ld{len(self.loads)}_{operand.access.tensor}"
+            self.writer.line(f"{name} = {self.load(operand)}")
+            self.loads[access] = name
+        return Code(self.loads[access], self.program.operand_axes(operand))
+
+    def load(self, read: InputRead) -> str:
+        raise NotImplementedError
 
 
 def expression(expr: Expr, program: TileProgram, dialect: Dialect) -> Code:

@@ -12,22 +12,21 @@ The generated source is what `attncc lower --target numpy` prints; `run_tiled` e
 
 from __future__ import annotations
 
-import math
-
 import sympy
 
 from attncc.backends.emit import (
     Code,
     SourceWriter,
+    TileDialect,
     carried_update,
     expression,
     initial_value,
     tile_value,
     value_name,
 )
-from attncc.backends.tile_program import InputRead, Operand, TileOp, TileProgram, ValueRead
+from attncc.backends.tile_program import InputRead, TileOp, TileProgram
 from attncc.errors import LoweringError
-from attncc.ir import Access, ReduceOp, index_value
+from attncc.ir import ReduceOp, index_value
 
 _REDUCE = {ReduceOp.SUM: "np.sum", ReduceOp.MAX: "np.max", ReduceOp.MIN: "np.min"}
 
@@ -85,41 +84,15 @@ def _select(condition, a, b):
 """
 
 
-class NumpyDialect:
+class NumpyDialect(TileDialect):
     """Spelling of tile operations for arrays laid out (grid..., tile axes...)."""
 
-    def __init__(self, program: TileProgram, writer: SourceWriter) -> None:
-        self.program = program
-        self.writer = writer
-        self.loads: dict[Access, str] = {}
-
-    def constant(self, value: float) -> str:
-        if math.isinf(value):
-            return "np.inf" if value > 0 else "-np.inf"
-        return repr(int(value)) if value.is_integer() and abs(value) < 2**31 else repr(value)
-
-    def coordinate(self, var: str) -> Code:
-        program = self.program
-        if var == program.key_tiles:
-            return Code("m1", uniform=True)
-        if var in program.grid:
-            return Code(f"g_{var}")
-        if var in program.axis_order:
-            return Code(f"x_{var}", (var,))
-        raise LoweringError(f"coordinate {var} is neither a grid, tile nor loop index")
+    INFINITY = "np.inf"
+    # The key tile index is a Python int in the NumPy kernel's loop.
+    LOOP_INDEX_IS_NUMBER = True
 
     def size(self, rank: str) -> Code:
         return Code(f"s_{rank}", uniform=True)
-
-    def operand(self, access: Access, operand: Operand) -> Code:
-        if isinstance(operand, ValueRead):
-            axes = self.program.value_axes[operand.tensor]
-            return Code(value_name(operand.tensor, previous=operand.previous), axes)
-        if access not in self.loads:
-            name = f"ld{len(self.loads)}_{operand.access.tensor}"
-            self.writer.line(f"{name} = {self._load(operand)}")
-            self.loads[access] = name
-        return Code(self.loads[access], self.program.operand_axes(operand))
 
     def call(self, op: str, args: list[str], *, uniform: bool = False) -> str:
         text = _CALLS[op].format(*args)
@@ -158,7 +131,7 @@ class NumpyDialect:
     def _shape(self, axes: tuple[str, ...]) -> str:
         return "(" + "".join(f"n_{a}, " for a in axes) + ")"
 
-    def _load(self, read: InputRead) -> str:
+    def load(self, read: InputRead) -> str:
         basic = self._basic_load(read)
         if basic is not None:
             return basic

@@ -14,7 +14,6 @@ the element types, which together key the kernel cache.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,13 +23,14 @@ from attncc.backends.emit import (
     IDENTITY,
     Code,
     SourceWriter,
+    TileDialect,
     carried_update,
     expression,
     initial_value,
     tile_value,
     value_name,
 )
-from attncc.backends.tile_program import InputRead, Operand, TileOp, TileProgram, ValueRead
+from attncc.backends.tile_program import InputRead, TileOp, TileProgram
 from attncc.errors import LoweringError
 from attncc.ir import Access, DType, ReduceOp, index_value
 
@@ -91,8 +91,10 @@ class KernelShape:
         return max(16, 1 << (self.features[var] - 1).bit_length())
 
 
-class TritonDialect:
+class TritonDialect(TileDialect):
     """Spelling of tile operations inside one Triton program."""
+
+    INFINITY = 'float("inf")'
 
     def __init__(
         self,
@@ -103,29 +105,12 @@ class TritonDialect:
         checked: bool,
         converted: Mapping[tuple[str, str], str] | None = None,
     ) -> None:
-        self.program = program
+        super().__init__(program, writer)
         self.shape = shape
-        self.writer = writer
         self.checked = checked
-        self.loads: dict[Access, str] = {}
         # Loop-invariant matrix-product operands, converted once before the loop: (value,
         # summed axis) -> variable.
         self.converted = converted or {}
-
-    def constant(self, value: float) -> str:
-        if math.isinf(value):
-            return 'float("inf")' if value > 0 else 'float("-inf")'
-        return repr(int(value)) if value.is_integer() and abs(value) < 2**31 else repr(value)
-
-    def coordinate(self, var: str) -> Code:
-        program = self.program
-        if var == program.key_tiles:
-            return Code("m1")
-        if var in program.grid:
-            return Code(f"g_{var}")
-        if var in program.axis_order:
-            return Code(f"x_{var}", (var,))
-        raise LoweringError(f"coordinate {var} is neither a grid, tile nor loop index")
 
     def size(self, rank: str) -> Code:
         var = self._index_of(rank)
@@ -134,16 +119,6 @@ class TritonDialect:
         if rank == self.program.schedule.key.inner:
             return Code(str(self.shape.key_tile), uniform=True)
         return Code(f"s_{rank}")
-
-    def operand(self, access: Access, operand: Operand) -> Code:
-        if isinstance(operand, ValueRead):
-            axes = self.program.value_axes[operand.tensor]
-            return Code(value_name(operand.tensor, previous=operand.previous), axes)
-        if access not in self.loads:
-            name = f"ld{len(self.loads)}_{operand.access.tensor}"
-            self.writer.line(f"{name} = {self._load(operand)}")
-            self.loads[access] = name
-        return Code(self.loads[access], self.program.operand_axes(operand))
 
     def call(self, op: str, args: list[str], *, uniform: bool = False) -> str:
         if uniform and op in _MATH:
@@ -230,7 +205,7 @@ class TritonDialect:
         found = self.program.schedule.cascade.rank(rank)
         return found.index if found is not None else rank.lower()
 
-    def _load(self, read: InputRead) -> str:
+    def load(self, read: InputRead) -> str:
         access = read.access
         axes = self.program.operand_axes(read)
         offsets, masks = [], []
