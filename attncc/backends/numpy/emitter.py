@@ -41,7 +41,9 @@ _CALLS = {
     "max": "np.maximum({0}, {1})",
     "min": "np.minimum({0}, {1})",
     "exp": "np.exp({0}, dtype=_dtype)",
-    "exp2": "np.exp2({0}, dtype=_dtype)",
+    # exp(x ln 2): NumPy's float32 exp2 is several times slower than exp, worst on the -inf
+    # of masked scores.
+    "exp2": "np.exp(({0}) * 0.6931471805599453, dtype=_dtype)",
     "log": "np.log({0}, dtype=_dtype)",
     "log2": "np.log2({0}, dtype=_dtype)",
     "tanh": "np.tanh({0}, dtype=_dtype)",
@@ -188,8 +190,9 @@ class NumpyDialect(TileDialect):
 
 
 def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
-    """Python source of `function(inputs, sizes, tiles, dtype)` computing the program's
-    outputs; `tiles` is (counts, indices, full) per query tile (`tile_lists`)."""
+    """Python source of `function(inputs, sizes, tiles, dtype, parallel_map=map)` computing
+    the program's outputs; `tiles` is (counts, indices, full) per query tile (`TileLists`),
+    and `parallel_map` runs the query tiles (a thread pool's `map`, or serially)."""
     nest = program.schedule
     cascade = nest.cascade
     writer = SourceWriter()
@@ -198,7 +201,7 @@ def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
     writer.line("")
     # select() evaluates both branches: the one not taken may divide 0 by 0 (and is dropped).
     writer.line('@np.errstate(invalid="ignore", divide="ignore", over="ignore")')
-    writer.line(f"def {function}(inputs, sizes, tiles, dtype):")
+    writer.line(f"def {function}(inputs, sizes, tiles, dtype, parallel_map=map):")
     with writer.indented():
         writer.line(f'"""{cascade.name}: {len(cascade.einsums)} Einsums, tiled by attncc."""')
         for decl in cascade.inputs:
@@ -220,9 +223,18 @@ def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
             writer.line(f"out_{decl.name} = np.empty(({dims},), dtype=_dtype)")
         writer.line("counts, indices, full = tiles")
         query_tile, query_rank = nest.query_tile, program.schedule.rank_of(program.query)
-        writer.line(f"for qt in range(-(-s_{query_rank} // {query_tile})):")
+        writer.line("")
+        # Query tiles are independent (each writes its own slice of the outputs): they may
+        # run on several threads, NumPy and BLAS releasing the GIL.
+        writer.line("def query_tile(qt):")
         with writer.indented():
             _query_tile(program, writer, query_tile, query_rank)
+        writer.line("")
+        writer.line(
+            f"for _ in parallel_map(query_tile, range(-(-s_{query_rank} // {query_tile}))):"
+        )
+        with writer.indented():
+            writer.line("pass")
         outputs = ", ".join(f'"{d.name}": out_{d.name}' for d in cascade.outputs)
         writer.line(f"return {{{outputs}}}")
     return writer.text()
