@@ -20,13 +20,10 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 @dataclass(frozen=True)
 class Config:
     """`cache_dir`: where compiled kernels are kept (ATTNCC_CACHE_DIR, default ~/.cache/attncc).
-    `log_level`: level of the `attncc` logger (ATTNCC_LOG_LEVEL, default WARNING).
-    `threads`: threads of the NumPy backend (ATTNCC_THREADS, default: the cores this process
-    may run on)."""
+    `log_level`: level of the `attncc` logger (ATTNCC_LOG_LEVEL, default WARNING)."""
 
     cache_dir: Path
     log_level: str
-    threads: int
 
 
 def _read_log_level(value: str) -> str:
@@ -42,16 +39,7 @@ def config() -> Config:
     return Config(
         cache_dir=Path(os.environ.get("ATTNCC_CACHE_DIR", default_cache)),
         log_level=_read_log_level(os.environ.get("ATTNCC_LOG_LEVEL", "WARNING")),
-        threads=_read_threads(os.environ.get("ATTNCC_THREADS")),
     )
-
-
-def _read_threads(value: str | None) -> int:
-    if value is None:
-        return len(os.sched_getaffinity(0))
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise AttnccError(f"ATTNCC_THREADS={value!r} is not a positive integer")
-    return int(value)
 
 
 def use_triton_interpreter() -> bool:

@@ -41,8 +41,8 @@ is reported and the benchmark exits with status 1. A measurement whose estimate 
 (the same mask's smaller size, scaled by visible pairs, or a default rate) exceeds the time
 budget, or whose dense mask would not fit the memory budget, is skipped and says why.
 
-Threads: library defaults (torch's intra-op threads; attncc's query-tile threads, one per core,
-each with one-thread BLAS) unless `--threads` is given, which sets all of them. Timings on a
+Threads: library defaults (torch's intra-op threads, OpenBLAS's for NumPy) unless `--threads` is
+given, which sets both. Timings on a
 shared machine move with its load (printed at the start and end); `--threads 1` gives the
 stable per-core comparison.
 
@@ -561,12 +561,7 @@ def child_environment(scratch: Path, threads: int | None) -> dict[str, str]:
     env["ATTNCC_CACHE_DIR"] = str(scratch / "attncc")
     env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "inductor")
     if threads:
-        for name in (
-            "OMP_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS",
-            "MKL_NUM_THREADS",
-            "ATTNCC_THREADS",
-        ):
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[name] = str(threads)
     return env
 
@@ -824,9 +819,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=(DEFAULT_QUERY_TILE, DEFAULT_KEY_TILE),
         help=f"attncc's query x key tiles (default: {DEFAULT_QUERY_TILE}x{DEFAULT_KEY_TILE})",
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch, OpenBLAS and attncc threads"
-    )
+    parser.add_argument("--threads", type=int, default=None, help="torch and OpenBLAS threads")
     parser.add_argument(
         "--sweep-tiles",
         action="store_true",

@@ -190,9 +190,8 @@ class NumpyDialect(TileDialect):
 
 
 def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
-    """Python source of `function(inputs, sizes, tiles, dtype, parallel_map=map)` computing
-    the program's outputs; `tiles` is (counts, indices, full) per query tile (`TileLists`),
-    and `parallel_map` runs the query tiles (a thread pool's `map`, or serially)."""
+    """Python source of `function(inputs, sizes, tiles, dtype)` computing the program's
+    outputs; `tiles` is (counts, indices, full) per query tile (`TileLists`)."""
     nest = program.schedule
     cascade = nest.cascade
     writer = SourceWriter()
@@ -201,7 +200,7 @@ def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
     writer.line("")
     # select() evaluates both branches: the one not taken may divide 0 by 0 (and is dropped).
     writer.line('@np.errstate(invalid="ignore", divide="ignore", over="ignore")')
-    writer.line(f"def {function}(inputs, sizes, tiles, dtype, parallel_map=map):")
+    writer.line(f"def {function}(inputs, sizes, tiles, dtype):")
     with writer.indented():
         writer.line(f'"""{cascade.name}: {len(cascade.einsums)} Einsums, tiled by attncc."""')
         for decl in cascade.inputs:
@@ -223,18 +222,9 @@ def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
             writer.line(f"out_{decl.name} = np.empty(({dims},), dtype=_dtype)")
         writer.line("counts, indices, full = tiles")
         query_tile, query_rank = nest.query_tile, program.schedule.rank_of(program.query)
-        writer.line("")
-        # Query tiles are independent (each writes its own slice of the outputs): they may
-        # run on several threads, NumPy and BLAS releasing the GIL.
-        writer.line("def query_tile(qt):")
+        writer.line(f"for qt in range(-(-s_{query_rank} // {query_tile})):")
         with writer.indented():
             _query_tile(program, writer, query_tile, query_rank)
-        writer.line("")
-        writer.line(
-            f"for _ in parallel_map(query_tile, range(-(-s_{query_rank} // {query_tile}))):"
-        )
-        with writer.indented():
-            writer.line("pass")
         outputs = ", ".join(f'"{d.name}": out_{d.name}' for d in cascade.outputs)
         writer.line(f"return {{{outputs}}}")
     return writer.text()

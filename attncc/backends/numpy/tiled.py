@@ -8,12 +8,10 @@ over the block lists of its mask: EMPTY tiles are never visited and FULL tiles s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
-from threadpoolctl import threadpool_limits
 
 from attncc.backends import emit
 from attncc.backends import tile_program as tile_program_module
@@ -24,7 +22,6 @@ from attncc.backends.numpy.reference import prepare_inputs
 from attncc.backends.schedule import Schedule, retile, schedule
 from attncc.backends.tile_lists import TileLists, tile_classes
 from attncc.backends.tile_program import tile_program
-from attncc.config import config
 from attncc.errors import ExecutionError
 from attncc.ir import Cascade, bind_sizes, print_cascade
 
@@ -41,23 +38,6 @@ def lower_tiled(
     return schedule(
         retile(cascade, key_tile=key_tile, query_tile=query_tile), query_tile=query_tile
     )
-
-
-def _run_threaded(
-    kernel: Callable[..., dict[str, np.ndarray]], *args: object
-) -> dict[str, np.ndarray]:
-    """Run `kernel` with its query tiles spread over `config().threads` threads and BLAS on
-    one thread each: a tile's matrix products are small, and OpenBLAS's own threads wait on
-    each other (on a busy machine, for many times the work) where whole tiles in parallel do
-    not."""
-    threads = config().threads
-    if threads == 1:
-        return kernel(*args)
-    with (
-        threadpool_limits(limits=1, user_api="blas"),
-        ThreadPoolExecutor(max_workers=threads) as pool,
-    ):
-        return kernel(*args, pool.map)
 
 
 @functools.cache
