@@ -20,12 +20,7 @@ pytestmark = pytest.mark.cuda_compile
 def _compile(case: Case, dtype: DType, head_dim: int) -> list[KernelResources]:
     _, lowered = case.cascades()
     _, bound = inputs_for(lowered, sizes(128, head_dim=head_dim), seed=0)
-    nest = schedule(lowered)
-    features = {}
-    for var in tile_program(nest).features:
-        rank = lowered.rank_of_index(var)
-        assert rank is not None
-        features[var] = bound[rank.name]
+    features = tile_program(schedule(lowered)).feature_sizes(bound)
     dtypes = {
         d.name: dtype if d.dtype is not None and d.dtype.is_float else d.dtype
         for d in (*lowered.inputs, *lowered.outputs)

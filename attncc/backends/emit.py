@@ -8,11 +8,11 @@ once, so the two emitters cannot drift apart.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 from attncc.backends.tile_program import (
     IDENTITY,
@@ -37,36 +37,11 @@ class Code:
     uniform: bool = False
 
 
-class Dialect(Protocol):
-    def constant(self, value: float) -> str: ...
-
-    def coordinate(self, var: str) -> Code: ...
-
-    def size(self, rank: str) -> Code: ...
-
-    def operand(self, access: Access, operand: Operand) -> Code: ...
-
-    def call(self, op: str, args: list[str], *, uniform: bool = False) -> str:
-        """Operator `op` applied to `args`; `uniform` when every argument is."""
-        ...
-
-    def expand(self, code: Code, axes: tuple[str, ...]) -> str:
-        """`code` broadcastable against a tile over `axes` (a superset of its axes)."""
-        ...
-
-    def full(self, code: Code, axes: tuple[str, ...]) -> str:
-        """`code` as a whole tile over `axes`, every lane materialized."""
-        ...
-
-    def reduce(self, op: ReduceOp, code: Code, axis: str) -> str: ...
-
-    def dot(self, lhs: Code, rhs: Code, axis: str) -> Code: ...
-
-
-class TileDialect:
-    """What both dialects spell alike: constants, coordinates, and operands, each input read
-    emitted once per scope as a statement (`ldN_X = ...`). Subclasses say how to spell
-    infinity, whether the loop index is a plain number, and how to load an input."""
+class Dialect(abc.ABC):
+    """How a target language spells tile operations. Constants, coordinates and operands are
+    spelled alike by both dialects (each input read emitted once per scope as a statement,
+    `ldN_X = ...`); subclasses say how to spell infinity, whether the loop index is a plain
+    number, and everything target-specific below."""
 
     INFINITY = "float('inf')"
     LOOP_INDEX_IS_NUMBER = False
@@ -101,8 +76,30 @@ class TileDialect:
             self.loads[access] = name
         return Code(self.loads[access], self.program.operand_axes(operand))
 
+    @abc.abstractmethod
     def load(self, read: InputRead) -> str:
-        raise NotImplementedError
+        """An input read at tile coordinates, as an expression."""
+
+    @abc.abstractmethod
+    def size(self, rank: str) -> Code: ...
+
+    @abc.abstractmethod
+    def call(self, op: str, args: list[str], *, uniform: bool = False) -> str:
+        """Operator `op` applied to `args`; `uniform` when every argument is."""
+
+    @abc.abstractmethod
+    def expand(self, code: Code, axes: tuple[str, ...]) -> str:
+        """`code` broadcastable against a tile over `axes` (a superset of its axes)."""
+
+    @abc.abstractmethod
+    def full(self, code: Code, axes: tuple[str, ...]) -> str:
+        """`code` as a whole tile over `axes`, every lane materialized."""
+
+    @abc.abstractmethod
+    def reduce(self, op: ReduceOp, code: Code, axis: str) -> str: ...
+
+    @abc.abstractmethod
+    def dot(self, lhs: Code, rhs: Code, axis: str) -> Code: ...
 
 
 def expression(expr: Expr, program: TileProgram, dialect: Dialect) -> Code:

@@ -10,6 +10,7 @@ CUDA, interpreted on a CPU).
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,8 +30,10 @@ class Backend(enum.Enum):
     TRITON = "triton"
 
 
+@functools.lru_cache(maxsize=256)
 def lower_for_tiles(cascade: Cascade) -> Cascade:
-    """`cascade` in the one-pass form the tiled backends take."""
+    """`cascade` in the one-pass form the tiled backends take (cached: the pipeline verifies
+    after every pass, which costs more than a small run)."""
     return run_pipeline(cascade, LOWERING_PIPELINE)[0]
 
 

@@ -260,3 +260,10 @@ def _execute(name: str, path: Path, data: bytes) -> types.ModuleType:
             sys.modules[name] = previous
         raise
     return module
+
+
+@functools.cache
+def shared_cache(namespace: str) -> KernelCache:
+    """The process's cache for `namespace`, so that its memo spares reloading a kernel module
+    on every call."""
+    return KernelCache(namespace=namespace)

@@ -83,8 +83,10 @@ class Schedule:
         return tuple(e for e in self.body if self.key_tile_index in e.reduced)
 
 
+@functools.lru_cache(maxsize=256)
 def schedule(cascade: Cascade, *, query_tile: int = 64) -> Schedule:
     """The loop nest of `cascade`; raises LoweringError saying why a cascade is not one.
+    Cached: backends ask for the nest of the same cascade on every call.
 
     The query tile is the block-sparse declaration's when there is one, else `query_tile`."""
     verify(cascade)

@@ -20,6 +20,7 @@ the Einsum and the reason, so an emitter never has to guess.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -143,6 +144,10 @@ class TileProgram:
     def features(self) -> tuple[str, ...]:
         return self.axis_order[2:]
 
+    def feature_sizes(self, sizes: Mapping[str, int]) -> dict[str, int]:
+        """The size of each feature axis (head dimension) from rank sizes."""
+        return {var: sizes[self.schedule.rank_of(var)] for var in self.features}
+
     def operand(self, access: Access) -> Operand:
         return self.operands[access]
 
@@ -167,8 +172,10 @@ class TileProgram:
         return self.ordered(s.name for s in used if isinstance(s, sympy.Symbol))
 
 
+@functools.lru_cache(maxsize=256)
 def tile_program(nest: Schedule) -> TileProgram:
-    """The tile operations of `nest`; raises LoweringError where an Einsum is not one."""
+    """The tile operations of `nest`; raises LoweringError where an Einsum is not one.
+    Cached, like `schedule`."""
     key, key_tiles = index_name(nest.key.inner), nest.key_tile_index
     order = _axis_order(nest, key)
     fixed = {*nest.grid, key_tiles}

@@ -16,8 +16,8 @@ import sympy
 
 from attncc.backends.emit import (
     Code,
+    Dialect,
     SourceWriter,
-    TileDialect,
     carried_update,
     expression,
     initial_value,
@@ -84,7 +84,7 @@ def _select(condition, a, b):
 """
 
 
-class NumpyDialect(TileDialect):
+class NumpyDialect(Dialect):
     """Spelling of tile operations for arrays laid out (grid..., tile axes...)."""
 
     INFINITY = "np.inf"

@@ -7,7 +7,6 @@ over the block lists of its mask: EMPTY tiles are never visited and FULL tiles s
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -15,7 +14,7 @@ import numpy.typing as npt
 
 from attncc.backends import emit
 from attncc.backends import tile_program as tile_program_module
-from attncc.backends.kernel_cache import KernelCache, cache_key, source_digest
+from attncc.backends.kernel_cache import KernelCache, cache_key, shared_cache, source_digest
 from attncc.backends.numpy import emitter as numpy_emitter
 from attncc.backends.numpy.emitter import emit_numpy
 from attncc.backends.numpy.reference import prepare_inputs
@@ -38,12 +37,6 @@ def lower_tiled(
     return schedule(
         retile(cascade, key_tile=key_tile, query_tile=query_tile), query_tile=query_tile
     )
-
-
-@functools.cache
-def _default_cache() -> KernelCache:
-    """One cache per process, so its memo spares reloading a kernel on every call."""
-    return KernelCache(namespace="numpy")
 
 
 def numpy_source(nest: Schedule) -> str:
@@ -73,7 +66,7 @@ def run_tiled(
         query_tile=nest.query_tile,
         emitter=source_digest(emit, tile_program_module, numpy_emitter),
     )
-    kernel = (cache or _default_cache()).load(key, lambda: numpy_source(nest))
+    kernel = (cache or shared_cache("numpy")).load(key, lambda: numpy_source(nest))
     lists = TileLists.of(tile_classes(nest, bound, arrays).classes)
     try:
         result: dict[str, np.ndarray] = kernel.module.kernel(arrays, bound, lists.as_tuple(), dtype)

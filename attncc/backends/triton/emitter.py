@@ -22,8 +22,8 @@ import sympy
 from attncc.backends.emit import (
     IDENTITY,
     Code,
+    Dialect,
     SourceWriter,
-    TileDialect,
     carried_update,
     expression,
     initial_value,
@@ -91,7 +91,7 @@ class KernelShape:
         return max(16, 1 << (self.features[var] - 1).bit_length())
 
 
-class TritonDialect(TileDialect):
+class TritonDialect(Dialect):
     """Spelling of tile operations inside one Triton program."""
 
     INFINITY = 'float("inf")'

@@ -7,7 +7,6 @@ Tile configurations for autotuning are `CONFIGS`; `run_triton` takes one.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from attncc.analysis.tile_map import TileMap
 from attncc.backends import emit
 from attncc.backends import tile_program as tile_program_module
-from attncc.backends.kernel_cache import KernelCache, cache_key, source_digest
+from attncc.backends.kernel_cache import KernelCache, cache_key, shared_cache, source_digest
 from attncc.backends.schedule import Schedule, retile, schedule
 from attncc.backends.tile_lists import TileLists, tile_classes
 from attncc.backends.tile_program import TileProgram, tile_program
@@ -132,9 +131,7 @@ def run_triton(
     dtypes = {name: _dtype(name, t.dtype) for name, t in tensors.items()}
     dtypes |= {d.name: _dtype(d.name, out_type) for d in cascade.outputs}
     # Head dimensions do not depend on the tiles: read them off the untiled loop nest.
-    untiled = schedule(cascade)
-    whole = bind_sizes(cascade, sizes, shapes)
-    features = {v: whole[untiled.rank_of(v)] for v in tile_program(untiled).features}
+    features = tile_program(schedule(cascade)).feature_sizes(bind_sizes(cascade, sizes, shapes))
     chosen = config or default_config(features, dtypes)
     key = cache_key(
         cascade=print_cascade(cascade),
@@ -147,7 +144,7 @@ def run_triton(
     def build() -> str:
         return lower_triton(cascade, features=features, dtypes=dtypes, config=chosen).source
 
-    module = (cache or _default_cache()).load(key, build).module
+    module = (cache or shared_cache("triton")).load(key, build).module
     nest = tiled_schedule(cascade, chosen)
     bound = bind_sizes(nest.cascade, sizes, shapes)
     device = next(iter(tensors.values())).device
@@ -191,12 +188,6 @@ def _launch(
             f"Triton kernel of {nest.cascade.name} failed at sizes {dict(sizes)}: "
             f"{type(error).__name__}: {error}"
         ) from error
-
-
-@functools.cache
-def _default_cache() -> KernelCache:
-    """One cache per process, so its memo spares reloading a kernel on every call."""
-    return KernelCache(namespace="triton")
 
 
 def _tensors(
