@@ -1,0 +1,1 @@
+"""PyTorch frontends: the torch.compile backend (FX) and the torch-mlir importer."""
