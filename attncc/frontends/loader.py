@@ -7,14 +7,16 @@ from pathlib import Path
 
 from attncc.errors import AttnccError
 from attncc.frontends.library import LIBRARY
+from attncc.frontends.zoo import ZOO
 from attncc.ir import Cascade, parse_file, verify
 
 
 def load(source: str, options: Mapping[str, object] | None = None) -> Cascade:
     """The verified cascade `source` names: a library name (with keyword `options`) or a path."""
-    if source in LIBRARY:
+    named = {**LIBRARY, **ZOO}
+    if source in named:
         try:
-            cascade = LIBRARY[source](**(options or {}))
+            cascade = named[source](**(options or {}))
         except (TypeError, ValueError) as error:
             raise AttnccError(f"bad option for library cascade {source}: {error}") from None
     elif Path(source).exists():
@@ -22,7 +24,7 @@ def load(source: str, options: Mapping[str, object] | None = None) -> Cascade:
             raise AttnccError(f"options ({', '.join(options)}) apply to library cascades only")
         cascade = parse_file(source)
     else:
-        names = ", ".join(LIBRARY)
+        names = ", ".join(named)
         raise AttnccError(f"no file and no library cascade named {source!r}; library: {names}")
     verify(cascade)
     return cascade

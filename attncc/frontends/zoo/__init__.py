@@ -1,0 +1,12 @@
+"""The attention zoo: variants from the literature, one module each, stated as cascades with the
+builder and compiled like softmax attention. `ZOO` names them for `attncc.load` and the CLI,
+beside the core library's reference cascades."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from attncc.ir import Cascade
+
+ZOO: dict[str, Callable[..., Cascade]] = {}
+"""Every zoo cascade by name, called with keyword options (see each function)."""
