@@ -1,0 +1,180 @@
+"""Reading torch-mlir's torch dialect from Python: what the importer's pattern matchers ask of
+an operation or a value.
+
+torch-mlir's Python bindings give generic operations (a name such as `torch.aten.matmul`,
+operands, results, a location) and values typed `!torch.vtensor<[2,4,16,16],f32>`. These
+helpers turn that into Python: the producing operation of a value, a tensor's static shape, the
+Python value of a constant operand (`torch.constant.int`, `torch.prim.ListConstruct`, ...),
+the users of a value, and the Python source frames an operation's location names. Nothing here
+knows about attention.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch_mlir import ir
+
+_TENSOR_TYPE = re.compile(r"!torch\.vtensor<\[([^\]]*)\],([^>]+)>")
+_FRAME = re.compile(r'"([^"]+)":(\d+):(\d+)')
+
+
+class NotConstant(Exception):
+    """An operand that is not a compile-time constant where one was needed."""
+
+
+def producer(value: ir.Value) -> ir.Operation | None:
+    """The operation that computes `value`; None for a function argument."""
+    owner = value.owner
+    return owner.operation if isinstance(owner, ir.OpView | ir.Operation) else None
+
+
+def op_name(value: ir.Value) -> str:
+    """The name of the operation computing `value` ('' for a function argument)."""
+    op = producer(value)
+    return op.name if op is not None else ""
+
+
+def operands(op: ir.Operation) -> list[ir.Value]:
+    return list(op.operands)
+
+
+def shape(value: ir.Value) -> tuple[int, ...] | None:
+    """The static shape of a tensor value; None for other values or unknown dimensions."""
+    match = _TENSOR_TYPE.fullmatch(str(value.type))
+    if match is None:
+        return None
+    dims = [d.strip() for d in match.group(1).split(",") if d.strip()]
+    if not all(d.lstrip("-").isdigit() and int(d) >= 0 for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
+def element_type(value: ir.Value) -> str | None:
+    """The element type of a tensor value as torch-mlir spells it (f32, f64, i1, si64)."""
+    match = _TENSOR_TYPE.fullmatch(str(value.type))
+    return match.group(2) if match else None
+
+
+def is_float_tensor(value: ir.Value) -> bool:
+    return (element_type(value) or "").startswith(("f", "bf"))
+
+
+def constant(value: ir.Value) -> Any:
+    """The Python value of a constant operand: int, float, bool, None, str, or a list of them.
+
+    Raises NotConstant for anything computed at run time."""
+    op = producer(value)
+    if op is None:
+        raise NotConstant(str(value.type))
+    if op.name == "torch.constant.none":
+        return None
+    if op.name in ("torch.constant.int", "torch.constant.float", "torch.constant.bool"):
+        return op.attributes["value"].value
+    if op.name == "torch.constant.str":
+        return str(op.attributes["value"]).strip('"')
+    if op.name == "torch.constant.device":
+        return str(op.attributes["value"]).strip('"')
+    if op.name == "torch.prim.ListConstruct":
+        return [constant(item) for item in op.operands]
+    raise NotConstant(op.name)
+
+
+def constant_or(value: ir.Value, default: Any) -> Any:
+    try:
+        return constant(value)
+    except NotConstant:
+        return default
+
+
+def splat_literal(value: ir.Value) -> float | None:
+    """The value of a `torch.vtensor.literal` whose elements are all equal; None otherwise."""
+    op = producer(value)
+    if op is None or op.name != "torch.vtensor.literal":
+        return None
+    attribute = op.attributes["value"]
+    if not getattr(attribute, "is_splat", False):
+        return None
+    return float(attribute.get_splat_value().value)
+
+
+@dataclass(frozen=True)
+class Use:
+    """An operation reading a value as its operand number `index`."""
+
+    op: ir.Operation
+    index: int
+
+
+def users(value: ir.Value) -> Iterator[Use]:
+    for use in value.uses:
+        yield Use(use.owner.operation, use.operand_number)
+
+
+def normalize_dim(dim: int, rank: int) -> int | None:
+    """A possibly negative dimension as 0..rank-1; None when out of range."""
+    dim = dim + rank if dim < 0 else dim
+    return dim if 0 <= dim < rank else None
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """A Python source line that an operation came from."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{_shown(self.file)}:{self.line}"
+
+
+def source_frames(op: ir.Operation) -> list[SourceFrame]:
+    """The Python frames of the op's location, innermost first (torch.export records the
+    stack of each node; torch-mlir makes it a call-site location)."""
+    text = str(op.location)
+    return [SourceFrame(m.group(1), int(m.group(2))) for m in _FRAME.finditer(text)]
+
+
+def source_location(op: ir.Operation, user_file: Path | None, position: int) -> str:
+    """Where `op` came from, for a report: the innermost frame in `user_file` (the module's
+    source), else the innermost frame outside PyTorch, else the innermost frame; without a
+    location, the operation's position in the function."""
+    frames = source_frames(op)
+    if not frames:
+        return f"operation #{position} of @main (no source location: export kept no stack trace)"
+    if user_file is not None:
+        mine = [f for f in frames if _same_file(f.file, user_file)]
+        if mine:
+            return str(mine[0])
+    outside = [f for f in frames if "site-packages" not in f.file]
+    return str((outside or frames)[0])
+
+
+def _same_file(name: str, path: Path) -> bool:
+    try:
+        return Path(name).resolve() == path.resolve()
+    except OSError:
+        return False
+
+
+def _shown(file: str) -> str:
+    """A path relative to the working directory when it is under it."""
+    try:
+        return str(Path(file).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return file
+
+
+def function_ops(module: ir.Module) -> list[ir.Operation]:
+    """The operations of the module's function body, in order (torch-mlir's import makes
+    one function, @main)."""
+    found: list[ir.Operation] = []
+    for func in module.body.operations:
+        for region in func.operation.regions:
+            for block in region.blocks:
+                found.extend(op.operation for op in block.operations)
+    return found

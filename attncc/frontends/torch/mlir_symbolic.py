@@ -1,0 +1,586 @@
+"""Symbolic evaluation of the tensors a model computes from positions and constants: masks built
+with arange, ones, tril and comparisons, and scalar constants such as a score scale.
+
+`symbolic(value)` follows the torch dialect operations that compute a value back to their
+leaves and returns, when every leaf is a constant or an arange, the tensor as one IR value
+expression of its coordinates: element [i0, i1, ...] is `expr` with Coord("d0") = i0, and so on
+(`arange(8)[None, :] > arange(8)[:, None]` is `d1 > d0`). A dimension of size 1 has no
+coordinate in `expr`, so broadcasting is renaming. A value that depends on data (a function
+argument, a weight) is not symbolic: None.
+
+`mask_predicate` then reads such a mask, broadcast to the scores [..., p, m], as a predicate over
+key position m and query position p (the form `attncc.frontends.masks` uses), by evaluating it
+for every truth assignment of the position comparisons it contains: a proof over all positions,
+not a sample, since the comparisons are the only way positions enter.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import sympy
+from torch_mlir import ir
+
+from attncc.backends.numpy.ops import MAP_OPS
+from attncc.frontends.torch.mlir_ops import (
+    NotConstant,
+    constant,
+    normalize_dim,
+    producer,
+    shape,
+    splat_literal,
+)
+from attncc.ir import Call, Const, Coord, Expr, as_index, index_symbol, index_value, walk
+from attncc.ir import substitute as substitute_indices
+
+COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
+_FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
+_NEGATED = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
+
+HIDING_FILL = -1e4
+"""Fill values at or below this hide a key: exp(-1e4 - s) underflows to 0 next to any visible
+score s above -9900, in float32 and float64, so the module's softmax and the cascade's (which
+uses -inf) agree except on rows where every key is hidden."""
+
+_MAX_ATOMS = 4
+
+
+def axis(i: int) -> str:
+    return f"d{i}"
+
+
+@dataclass(frozen=True)
+class Symbolic:
+    """A tensor of `shape` whose element at coordinates (d0, d1, ...) is `expr`."""
+
+    shape: tuple[int, ...]
+    expr: Expr
+
+
+def _rename(expr: Expr, mapping: dict[str, sympy.Expr]) -> Expr:
+    return substitute_indices(expr, mapping) if mapping else expr
+
+
+def normalized(dims: tuple[int, ...], expr: Expr) -> Symbolic:
+    """`expr` on a tensor of shape `dims`, with size-1 dimensions' coordinates set to 0."""
+    zero = {axis(i): sympy.Integer(0) for i, size in enumerate(dims) if size == 1}
+    return Symbolic(dims, fold(_rename(expr, zero)))
+
+
+def broadcast(sym: Symbolic, target: tuple[int, ...]) -> Expr | None:
+    """`sym`'s expression on a tensor of shape `target` it broadcasts to (aligned right)."""
+    offset = len(target) - len(sym.shape)
+    if offset < 0:
+        return None
+    for i, size in enumerate(sym.shape):
+        if size not in (1, target[i + offset]):
+            return None
+    return _rename(
+        sym.expr, {axis(i): index_symbol(axis(i + offset)) for i in range(len(sym.shape))}
+    )
+
+
+def fold(expr: Expr) -> Expr:
+    """Constant folding, and select(c, 1, 0) -> c (conditions are always 0/1 here)."""
+    if not isinstance(expr, Call):
+        return expr
+    args = tuple(fold(a) for a in expr.args)
+    if all(isinstance(a, Const) for a in args):
+        return Const(_evaluate(expr.op, [a.value for a in args if isinstance(a, Const)]))
+    if expr.op == "select":
+        cond, yes, no = args
+        if isinstance(cond, Const):
+            return yes if cond.value else no
+        if yes == Const(1.0) and no == Const(0.0):
+            return cond
+        if yes == Const(0.0) and no == Const(1.0):
+            return fold(Call("not", (cond,)))
+    return Call(expr.op, args)
+
+
+def _evaluate(op: str, values: list[float]) -> float:
+    with np.errstate(all="ignore"):
+        return float(MAP_OPS[op](*(np.float64(v) for v in values)))
+
+
+# -- The evaluator: one rule per torch dialect operation. ---------------------------------------
+
+Rule = Callable[["_Evaluator", ir.Operation, tuple[int, ...]], Expr | None]
+_RULES: dict[str, Rule] = {}
+
+
+def _rule(*names: str) -> Callable[[Rule], Rule]:
+    def register(rule: Rule) -> Rule:
+        for name in names:
+            _RULES[name] = rule
+        return rule
+
+    return register
+
+
+class _Evaluator:
+    """Memoized symbolic evaluation of values; at most `budget` operations are visited."""
+
+    def __init__(self, budget: int = 256) -> None:
+        self.memo: dict[ir.Value, Symbolic | None] = {}
+        self.budget = budget
+
+    def __call__(self, value: ir.Value) -> Symbolic | None:
+        if value not in self.memo:
+            self.memo[value] = self._evaluate(value)
+        return self.memo[value]
+
+    def _evaluate(self, value: ir.Value) -> Symbolic | None:
+        op, dims = producer(value), shape(value)
+        if op is None or dims is None or self.budget <= 0:
+            return None
+        self.budget -= 1
+        splat = splat_literal(value)
+        if splat is not None:
+            return Symbolic(dims, Const(splat))
+        rule = _RULES.get(op.name)
+        expr = rule(self, op, dims) if rule is not None else None
+        return None if expr is None else normalized(dims, expr)
+
+    def operand(self, value: ir.Value, target: tuple[int, ...]) -> Expr | None:
+        """A tensor operand broadcast to `target`, or a number operand as a constant."""
+        if shape(value) is not None:
+            sym = self(value)
+            return None if sym is None else broadcast(sym, target)
+        number = _number(value)
+        return None if number is None else Const(number)
+
+
+def _number(value: ir.Value) -> float | None:
+    try:
+        number = constant(value)
+    except NotConstant:
+        return None
+    return float(number) if isinstance(number, int | float) else None
+
+
+def _int_or_none(value: ir.Value, default: int) -> int | None:
+    """An int operand that may be None (`x[2:]` has no end), which reads as `default`."""
+    op = producer(value)
+    return default if op is not None and op.name == "torch.constant.none" else _int(value)
+
+
+def _int(value: ir.Value) -> int | None:
+    try:
+        number = constant(value)
+    except NotConstant:
+        return None
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+@_rule("torch.aten.arange", "torch.aten.arange.start", "torch.aten.arange.start_step")
+def _arange(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    args = list(op.operands)
+    start = _int(args[0]) if op.name != "torch.aten.arange" else 0
+    step = _int(args[2]) if op.name == "torch.aten.arange.start_step" else 1
+    if start is None or step is None:
+        return None  # float positions are not positions
+    return index_value(start + step * index_symbol(axis(0)))
+
+
+@_rule(
+    "torch.aten.ones",
+    "torch.aten.zeros",
+    "torch.aten.ones_like",
+    "torch.aten.zeros_like",
+    "torch.aten.new_ones",
+    "torch.aten.new_zeros",
+)
+def _filled(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    return Const(1.0 if "ones" in op.name else 0.0)
+
+
+@_rule("torch.aten.full", "torch.aten.full_like", "torch.aten.new_full", "torch.aten.scalar_tensor")
+def _full(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    position = {"torch.aten.full": 1, "torch.aten.full_like": 1, "torch.aten.new_full": 2}
+    value = _number(list(op.operands)[position.get(op.name, 0)])
+    return None if value is None else Const(value)
+
+
+@_rule(
+    "torch.aten.clone",
+    "torch.aten.contiguous",
+    "torch.aten.detach",
+    "torch.aten.alias",
+    "torch.aten.lift_fresh_copy",
+    "torch.aten.to.dtype",
+    "torch.aten.to.dtype_layout",
+    "torch.aten.to.device",
+    "torch.aten._to_copy",
+    "torch.aten.type_as",
+    "torch.prims.convert_element_type",
+)
+def _converted(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    source = op.operands[0]
+    sym = ev(source)
+    if sym is None or sym.shape != dims:
+        return None
+    kind = shape_kind(op.result)
+    if kind == "bool" and shape_kind(source) != "bool":
+        return Call("ne", (sym.expr, Const(0.0)))
+    if kind == "int" and shape_kind(source) == "float":
+        return None  # truncation: not worth stating
+    return sym.expr
+
+
+def shape_kind(value: ir.Value) -> str:
+    text = str(value.type)
+    if text.endswith(",i1>"):
+        return "bool"
+    return "int" if ",si" in text or ",ui" in text else "float"
+
+
+def _same_data(old: tuple[int, ...], new: tuple[int, ...]) -> dict[str, sympy.Expr] | None:
+    """The renaming of coordinates when a view only inserts or drops size-1 dimensions."""
+    kept_old = [i for i, s in enumerate(old) if s != 1]
+    kept_new = [i for i, s in enumerate(new) if s != 1]
+    if [old[i] for i in kept_old] != [new[i] for i in kept_new]:
+        return None
+    return {axis(a): index_symbol(axis(b)) for a, b in zip(kept_old, kept_new, strict=True)}
+
+
+@_rule(
+    "torch.aten.unsqueeze",
+    "torch.aten.squeeze",
+    "torch.aten.squeeze.dim",
+    "torch.aten.view",
+    "torch.aten.reshape",
+    "torch.aten._unsafe_view",
+)
+def _reshaped(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    sym = ev(op.operands[0])
+    mapping = None if sym is None else _same_data(sym.shape, dims)
+    return None if sym is None or mapping is None else _rename(sym.expr, mapping)
+
+
+@_rule("torch.aten.expand", "torch.aten.expand_as", "torch.aten.broadcast_to")
+def _expanded(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    return ev.operand(op.operands[0], dims)
+
+
+@_rule("torch.aten.slice.Tensor")
+def _sliced(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    source, dim_v, start_v, _, step_v = list(op.operands)
+    sym, dim = ev(source), _int(dim_v)
+    if sym is None or dim is None or (dim := normalize_dim(dim, len(sym.shape))) is None:
+        return None
+    start, step = _int_or_none(start_v, 0), _int(step_v)
+    if start is None or step is None:
+        return None
+    start = max(start + sym.shape[dim], 0) if start < 0 else min(start, sym.shape[dim])
+    return _rename(sym.expr, {axis(dim): start + step * index_symbol(axis(dim))})
+
+
+@_rule("torch.aten.select.int")
+def _selected(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    source, dim_v, index_v = list(op.operands)
+    sym, dim, index = ev(source), _int(dim_v), _int(index_v)
+    if sym is None or dim is None or index is None:
+        return None
+    if (dim := normalize_dim(dim, len(sym.shape))) is None:
+        return None
+    index = index + sym.shape[dim] if index < 0 else index
+    mapping: dict[str, sympy.Expr] = {axis(dim): sympy.Integer(index)}
+    mapping |= {axis(i): index_symbol(axis(i - 1)) for i in range(dim + 1, len(sym.shape))}
+    return _rename(sym.expr, mapping)
+
+
+@_rule("torch.aten.transpose.int", "torch.aten.permute", "torch.aten.t", "torch.aten.numpy_T")
+def _permuted(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    args = list(op.operands)
+    sym = ev(args[0])
+    if sym is None:
+        return None
+    order = permutation(op, len(sym.shape))
+    if order is None:
+        return None
+    return _rename(sym.expr, {axis(old): index_symbol(axis(new)) for new, old in enumerate(order)})
+
+
+def permutation(op: ir.Operation, rank: int) -> list[int] | None:
+    """The source dimension of each result dimension of a transpose or permute."""
+    args = list(op.operands)
+    if op.name in ("torch.aten.t", "torch.aten.numpy_T"):
+        return list(reversed(range(rank)))
+    if op.name == "torch.aten.permute":
+        try:
+            order = constant(args[1])
+        except NotConstant:
+            return None
+        normal = [normalize_dim(d, rank) for d in order]
+        return None if None in normal else [d for d in normal if d is not None]
+    a, b = _int(args[1]), _int(args[2])
+    a = None if a is None else normalize_dim(a, rank)
+    b = None if b is None else normalize_dim(b, rank)
+    if a is None or b is None:
+        return None
+    order = list(range(rank))
+    order[a], order[b] = order[b], order[a]
+    return order
+
+
+@_rule("torch.aten.tril", "torch.aten.triu")
+def _triangle(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    source, diagonal_v = list(op.operands)
+    sym, diagonal = ev(source), _int(diagonal_v)
+    if sym is None or diagonal is None or len(dims) < 2:
+        return None
+    # tril keeps column - row <= diagonal, triu column - row >= diagonal.
+    row, col = (index_symbol(axis(len(dims) + k)) for k in (-2, -1))
+    side = (index_value(col - row), Const(float(diagonal)))
+    condition = Call("le" if op.name.endswith("tril") else "ge", side)
+    return Call("select", (condition, sym.expr, Const(0.0)))
+
+
+def _binary(map_op: str, *, scaled: bool = False, reverse: bool = False) -> Rule:
+    """A broadcasting binary operation; `scaled` reads an alpha operand (add, sub)."""
+
+    def rule(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+        args = list(op.operands)
+        a, b = ev.operand(args[0], dims), ev.operand(args[1], dims)
+        if a is None or b is None:
+            return None
+        if scaled and len(args) > 2:
+            alpha = _number(args[2])
+            if alpha is None:
+                return None
+            b = b if alpha == 1 else Call("mul", (b, Const(alpha)))
+        return Call(map_op, (b, a) if reverse else (a, b))
+
+    return rule
+
+
+for _name, _op in {
+    "add": "add",
+    "sub": "sub",
+    "mul": "mul",
+    "div": "div",
+    "gt": "gt",
+    "ge": "ge",
+    "lt": "lt",
+    "le": "le",
+    "eq": "eq",
+    "ne": "ne",
+    "logical_and": "and",
+    "logical_or": "or",
+    "bitwise_and": "and",
+    "bitwise_or": "or",
+    "__and__": "and",
+    "__or__": "or",
+    "maximum": "max",
+    "minimum": "min",
+}.items():
+    for _suffix in ("Tensor", "Scalar"):
+        _rule(f"torch.aten.{_name}.{_suffix}")(
+            _binary(_op, scaled=_name in ("add", "sub") and _suffix == "Tensor")
+        )
+    _rule(f"torch.aten.{_name}")(_binary(_op))
+_rule("torch.aten.rsub.Scalar")(_binary("sub", scaled=True, reverse=True))
+
+
+def _unary(map_op: str) -> Rule:
+    def rule(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+        a = ev.operand(op.operands[0], dims)
+        return None if a is None else Call(map_op, (a,))
+
+    return rule
+
+
+for _name, _op in {
+    "neg": "neg",
+    "logical_not": "not",
+    "bitwise_not": "not",
+    "sqrt": "sqrt",
+    "rsqrt": "rsqrt",
+    "abs": "abs",
+    "exp": "exp",
+    "log": "log",
+}.items():
+    _rule(f"torch.aten.{_name}")(_unary(_op))
+
+
+@_rule("torch.aten.reciprocal")
+def _reciprocal(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    a = ev.operand(op.operands[0], dims)
+    return None if a is None else Call("div", (Const(1.0), a))
+
+
+@_rule(
+    "torch.aten.where.self",
+    "torch.aten.where.ScalarSelf",
+    "torch.aten.where.ScalarOther",
+    "torch.aten.where.Scalar",
+)
+def _where(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    cond, yes, no = (ev.operand(v, dims) for v in op.operands)
+    if cond is None or yes is None or no is None:
+        return None
+    return Call("select", (cond, yes, no))
+
+
+@_rule("torch.aten.masked_fill.Scalar", "torch.aten.masked_fill.Tensor")
+def _masked_fill(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
+    source, mask, fill = (ev.operand(v, dims) for v in op.operands)
+    if source is None or mask is None or fill is None:
+        return None
+    return Call("select", (mask, fill, source))
+
+
+def symbolic(value: ir.Value) -> Symbolic | None:
+    """`value` as an expression of its coordinates, or None when it depends on data."""
+    return _Evaluator()(value)
+
+
+def scalar_constant(value: ir.Value) -> float | None:
+    """The value of a tensor whose elements are one constant (a 0-d literal, sqrt of one)."""
+    sym = symbolic(value)
+    return sym.expr.value if sym is not None and isinstance(sym.expr, Const) else None
+
+
+# -- Masks as predicates. -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskPredicate:
+    """What a mask proved to compute from positions hides: keys where `predicate` (over m and
+    p) is false; None when it hides nothing. `finite_fill` notes a hiding value such as -1e9
+    that the cascade states as -inf."""
+
+    predicate: Expr | None
+    finite_fill: bool = False
+
+
+class MaskKind(enum.Enum):
+    """How a mask tensor acts on the scores."""
+
+    VISIBLE = "visible"
+    """Boolean, true where the key is visible (SDPA's boolean attn_mask, where's condition)."""
+    HIDDEN = "hidden"
+    """Boolean, true where the key is hidden (masked_fill's mask)."""
+    ADDITIVE = "additive"
+    """Added to the scores (SDPA's float attn_mask, `scores + bias`)."""
+
+
+def mask_predicate(sym: Symbolic, scores: tuple[int, ...], kind: MaskKind) -> MaskPredicate | str:
+    """The predicate of mask `sym` applied to scores of shape [..., P, M]; a reason string
+    when it is not one."""
+    expr = broadcast(sym, scores)
+    if expr is None:
+        return (
+            f"the mask's shape {list(sym.shape)} does not broadcast to the scores' {list(scores)}"
+        )
+    n = len(scores)
+    expr = _rename(expr, {axis(n - 1): index_symbol("m"), axis(n - 2): index_symbol("p")})
+    others = sorted({c.name for c in walk(expr) if isinstance(c, Coord)} - {"m", "p"})
+    if others:
+        return "the mask varies over batch or heads, not only over key and query positions"
+    atoms = _atoms(expr)
+    if len(atoms) > _MAX_ATOMS:
+        return f"the mask compares positions {len(atoms)} ways (at most {_MAX_ATOMS} are read)"
+    visible: list[tuple[bool, ...]] = []
+    finite = False
+    for truth in itertools.product((False, True), repeat=len(atoms)):
+        value = fold(_replace(expr, dict(zip(atoms, truth, strict=True))))
+        if not isinstance(value, Const):
+            return "the mask is not a function of comparisons of positions"
+        shown, is_finite = _visible(value.value, kind)
+        if shown is None:
+            return f"the mask takes the value {value.value:g}, which neither keeps nor hides a key"
+        finite |= is_finite
+        if shown:
+            visible.append(truth)
+    if not visible:
+        return "the mask hides every key"
+    if len(visible) == 2 ** len(atoms):
+        return MaskPredicate(None, finite)
+    return MaskPredicate(_from_table([_canonical(a) for a in atoms], visible), finite)
+
+
+def _visible(value: float, kind: MaskKind) -> tuple[bool | None, bool]:
+    """(whether a mask element of `value` keeps its key, whether it hides with a finite value)."""
+    if kind is MaskKind.VISIBLE:
+        return value != 0, False
+    if kind is MaskKind.HIDDEN:
+        return value == 0, False
+    if value == 0:
+        return True, False
+    if value <= HIDING_FILL:
+        return False, math.isfinite(value)
+    return None, False
+
+
+def _atoms(expr: Expr) -> list[Expr]:
+    """The comparisons of positions in `expr` (both sides index expressions of m and p)."""
+    found: list[Expr] = []
+    for node in walk(expr):
+        if isinstance(node, Call) and node.op in COMPARISONS and node not in found:
+            sides = [as_index(a) for a in node.args]
+            if all(s is not None for s in sides) and any(isinstance(c, Coord) for c in walk(node)):
+                found.append(node)
+    return found
+
+
+def _replace(expr: Expr, truth: dict[Expr, bool]) -> Expr:
+    if expr in truth:
+        return Const(1.0 if truth[expr] else 0.0)
+    if isinstance(expr, Call):
+        return Call(expr.op, tuple(_replace(a, truth) for a in expr.args))
+    return expr
+
+
+def _canonical(atom: Expr) -> Expr:
+    """A comparison of positions written `terms <= terms`, m's coefficient positive
+    (`arange[None, :] > arange[:, None]` reads `m > p`; tril's `m - p <= 0` reads `m <= p`)."""
+    assert isinstance(atom, Call)
+    lhs, rhs = (as_index(a) for a in atom.args)
+    assert lhs is not None and rhs is not None
+    difference, op = sympy.expand(lhs - rhs), atom.op
+    m, p = index_symbol("m"), index_symbol("p")
+    lead = difference.coeff(m) or difference.coeff(p)
+    if lead is not None and lead.is_negative:
+        difference, op = -difference, _FLIPPED[op]
+    left, right = sympy.Integer(0), sympy.Integer(0)
+    for term in sympy.Add.make_args(difference):
+        coefficient, _ = term.as_coeff_Mul()
+        if term.is_number or coefficient.is_negative:
+            right -= term
+        else:
+            left += term
+    return Call(op, (index_value(left), index_value(right)))
+
+
+def _negate(atom: Expr) -> Expr:
+    assert isinstance(atom, Call)
+    return Call(_NEGATED[atom.op], atom.args)
+
+
+def _from_table(atoms: list[Expr], visible: list[tuple[bool, ...]]) -> Expr:
+    """A predicate true exactly on the `visible` truth assignments of `atoms`: the conjunction
+    of literals for one assignment, or its negation's complement, else a disjunction."""
+
+    def conjunction(truth: tuple[bool, ...]) -> Expr:
+        literals = [a if t else _negate(a) for a, t in zip(atoms, truth, strict=True)]
+        return _join("and", literals)
+
+    hidden = [t for t in itertools.product((False, True), repeat=len(atoms)) if t not in visible]
+    if len(hidden) == 1 and len(visible) > 1:
+        literals = [_negate(a) if t else a for a, t in zip(atoms, hidden[0], strict=True)]
+        return _join("or", literals)
+    return _join("or", [conjunction(t) for t in visible])
+
+
+def _join(op: str, parts: list[Expr]) -> Expr:
+    result = parts[0]
+    for part in parts[1:]:
+        result = Call(op, (result, part))
+    return result
