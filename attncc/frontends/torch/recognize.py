@@ -301,7 +301,7 @@ def _with_mask(
         if additive is False:
             # masked_fill hides where its condition is true.
             hidden = boolean_predicate(mask, queries, keys)
-            predicate, fill = Call("not", (hidden,)), masked_fill
+            predicate, fill = _negated(hidden), masked_fill
         elif boolean:
             predicate, fill = boolean_predicate(mask, queries, keys), float("-inf")
         else:
@@ -315,6 +315,13 @@ def _with_mask(
             raise _Mismatch("masked_fill with a data condition") from None
         kind = MaskTensor.BOOLEAN if boolean else MaskTensor.ADDITIVE
         return replace(spec, mask_tensor=kind), mask
+
+
+def _negated(expr: Expr) -> Expr:
+    # masked_fill(~causal, -inf) hides where not causal: visible where causal.
+    if isinstance(expr, Call) and expr.op == "not":
+        return expr.args[0]
+    return Call("not", (expr,))
 
 
 def _every_row_sees_a_key(spec: AttentionSpec, queries: int, keys: int) -> bool:

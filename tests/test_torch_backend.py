@@ -1,0 +1,247 @@
+"""The torch.compile backend on small hand-written attention modules: which sites it
+recognizes and how (spec, predicate, tensor mask), results against eager PyTorch, gradients,
+fallbacks with their logged reasons, and options."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import attncc
+from attncc.errors import AttnccError
+from attncc.frontends.torch.spec import MaskTensor
+from attncc.ir import format_expr
+
+B, H, L, E = 2, 4, 24, 16
+
+
+class Sdpa(nn.Module):
+    def __init__(self, **options: object) -> None:
+        super().__init__()
+        self.options = options
+
+    def forward(self, q, k, v, mask=None):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **self.options)
+
+
+class Decomposed(nn.Module):
+    """Attention as models write it out; `mask` picks how the mask is built."""
+
+    def __init__(self, mask: str = "none", window: int = 5, scale_queries: bool = False) -> None:
+        super().__init__()
+        self.mask, self.window, self.scale_queries = mask, window, scale_queries
+
+    def forward(self, q, k, v):
+        n = q.shape[-2]
+        if self.scale_queries:
+            scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+        else:
+            scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        if self.mask == "tril":
+            causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            scores = scores.masked_fill(~causal, float("-inf"))
+        elif self.mask == "window":
+            rows = torch.arange(n)[:, None]
+            cols = torch.arange(n)[None, :]
+            visible = (cols <= rows) & (rows - cols < self.window)
+            scores = scores + torch.where(visible, 0.0, torch.finfo(torch.float32).min)
+        weights = F.dropout(torch.softmax(scores, dim=-1), p=0.1, training=False)
+        return torch.matmul(weights, v)
+
+
+class RepeatKv(nn.Module):
+    """LLaMA's repeat_kv before the product: 4 query heads share 2 key/value heads."""
+
+    def forward(self, q, k, v):
+        b, g, m, d = k.shape
+        k = k[:, :, None, :, :].expand(b, g, 2, m, d).reshape(b, g * 2, m, d)
+        v = v[:, :, None, :, :].expand(b, g, 2, m, d).reshape(b, g * 2, m, d)
+        scores = torch.matmul(q, k.transpose(2, 3)) * d**-0.5
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def _qkv(kv_heads: int = H, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, L, E, generator=generator)
+    k = torch.randn(B, kv_heads, L, E, generator=generator)
+    v = torch.randn(B, kv_heads, L, E, generator=generator)
+    return q, k, v
+
+
+def _compiled(module: nn.Module, *inputs: torch.Tensor, **options: object) -> torch.Tensor:
+    torch._dynamo.reset()
+    return torch.compile(module, backend=attncc.backend(**options))(*inputs)
+
+
+def _only_site(module: nn.Module, *inputs: torch.Tensor):
+    explanation = attncc.explain(module, *inputs)
+    assert len(explanation.sites) == 1, str(explanation)
+    return explanation.sites[0]
+
+
+def test_the_entry_point_names_the_backend() -> None:
+    names = {e.name for e in importlib.metadata.entry_points(group="torch_dynamo_backends")}
+    assert "attncc" in names
+    q, k, v = _qkv()
+    torch._dynamo.reset()
+    out = torch.compile(Sdpa(is_causal=True), backend="attncc")(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize(
+    ("module", "kv_heads", "spec"),
+    [
+        (Sdpa(), H, "scale=1/sqrt(E)"),
+        (Sdpa(is_causal=True, scale=0.3), H, "scale=0.3, causal"),
+        (Sdpa(enable_gqa=True), 2, "scale=1/sqrt(E), GQA group 2"),
+        (Decomposed(), H, "scale=0.25"),
+        (Decomposed(scale_queries=True), H, "scale=0.25"),
+        (Decomposed("tril"), H, "scale=0.25, mask where m <= p"),
+        (Decomposed("window"), H, "scale=0.25, mask where m <= p and p - m < 5"),
+        (RepeatKv(), 2, "scale=0.25, GQA group 2"),
+    ],
+    ids=["sdpa", "sdpa-causal", "sdpa-gqa", "plain", "q-scaled", "tril", "window", "repeat-kv"],
+)
+def test_recognized_sites_match_eager(module: nn.Module, kv_heads: int, spec: str) -> None:
+    inputs = _qkv(kv_heads)
+    site = _only_site(module, *inputs)
+    assert site.compiled, site.reason
+    assert site.spec == spec
+    assert site.passes == (3, 1)
+    torch.testing.assert_close(_compiled(module, *inputs), module(*inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_a_window_from_positions_becomes_a_block_sparse_predicate() -> None:
+    """The arange mask is an IR filter, so the lowered cascade skips tiles."""
+    site = _only_site(Decomposed("window"), *_qkv())
+    assert "where m <= p and p - m < 5" in site.cascade
+    assert "m1" in site.cascade or "p - m < 5" in site.cascade
+
+
+@pytest.mark.parametrize("kind", ["boolean", "additive"])
+def test_data_masks_are_tensor_inputs(kind: str) -> None:
+    q, k, v = _qkv()
+    generator = torch.Generator().manual_seed(1)
+    keep = torch.rand(B, 1, L, L, generator=generator) > 0.3
+    keep[..., 0] = True  # every query sees a key
+    mask = keep if kind == "boolean" else torch.randn(B, 1, L, L, generator=generator)
+    site = _only_site(Sdpa(), q, k, v, mask)
+    assert site.compiled, site.reason
+    assert site.spec == f"scale=1/sqrt(E), {MaskTensor(kind).value} mask tensor"
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(_compiled(Sdpa(), q, k, v, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_match_eager_with_gqa_and_a_learned_bias() -> None:
+    q, k, v = (t.requires_grad_() for t in _qkv(kv_heads=2))
+    bias = torch.randn(1, H, L, L, requires_grad=True)
+    module = Sdpa(enable_gqa=True)
+    out = _compiled(module, q, k, v, bias)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v, bias), grad)
+    expected = torch.autograd.grad(module(q, k, v, bias), (q, k, v, bias), grad)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
+def test_the_custom_op_goes_through_aot_autograd(inner: str) -> None:
+    """The fake implementation lets AOTAutograd (and Inductor) trace around the op, and the
+    backward formula traces into the backward graph."""
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    module = Decomposed("window")
+    out = _compiled(module, q, k, v, inner=inner)
+    out.sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    module(q, k, v).sum().backward()
+    torch.testing.assert_close(out, module(q, k, v), atol=1e-5, rtol=1e-5)
+    for got, t in zip(grads, (q, k, v), strict=True):
+        torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-4)
+
+
+class NotAttention(nn.Module):
+    def forward(self, q, k, v):
+        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)), dim=-2)
+        return torch.matmul(weights, v)
+
+
+class ReturnsWeights(nn.Module):
+    def forward(self, q, k, v):
+        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)), dim=-1)
+        return torch.matmul(weights, v), weights
+
+
+class TrainingDropout(nn.Module):
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        (NotAttention(), "softmax over dim -2, not the last (key) dim"),
+        (ReturnsWeights(), "used outside the attention (output_attentions?)"),
+        (TrainingDropout(), "dropout_p=0.5: attncc has no attention dropout"),
+    ],
+    ids=["softmax-over-queries", "weights-returned", "dropout"],
+)
+def test_unsupported_attention_stays_pytorch_with_a_logged_reason(
+    module: nn.Module, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    q, k, v = _qkv()
+    with caplog.at_level(logging.WARNING, logger="attncc"):
+        torch.manual_seed(0)
+        out = _compiled(module, q, k, v)
+    assert any(reason in r.getMessage() for r in caplog.records), caplog.text
+    if not isinstance(module, TrainingDropout):
+        torch.testing.assert_close(out, module(q, k, v))
+    site = _only_site(module, q, k, v)
+    assert not site.compiled and reason in site.reason
+
+
+def test_a_kernel_failing_at_run_time_falls_back_to_pytorch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Triton refuses float64; the op says so and computes the attention with PyTorch."""
+    q, k, v = (t.double() for t in _qkv())
+    with caplog.at_level(logging.WARNING, logger="attncc"):
+        out = _compiled(Sdpa(is_causal=True), q, k, v, target="triton")
+    assert "fell back to PyTorch at run time" in caplog.text
+    assert "float64" in caplog.text
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_reference_and_pipeline_options() -> None:
+    q, k, v = _qkv()
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    for options in ({"target": "reference"}, {"passes": "flash"}):
+        out = _compiled(Sdpa(is_causal=True), q, k, v, **options)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"targt": "numpy"}, "unknown attncc backend option(s) targt"),
+        ({"target": "gpu"}, "attncc backend target 'gpu': choose auto, numpy, triton"),
+        ({"inner": "xla"}, "attncc backend inner 'xla': choose eager, aot_eager, inductor"),
+    ],
+)
+def test_bad_options_say_what_is_wrong(options: dict[str, object], message: str) -> None:
+    with pytest.raises(AttnccError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        attncc.backend(**options)
+
+
+def test_explain_reports_the_predicate_it_read() -> None:
+    site = _only_site(Decomposed("window", window=3), *_qkv())
+    assert site.compiled
+    assert "p - m < 3" in site.spec
+    assert format_expr is not None
