@@ -245,3 +245,16 @@ def test_explain_reports_the_predicate_it_read() -> None:
     assert site.compiled
     assert "p - m < 3" in site.spec
     assert format_expr is not None
+
+
+@pytest.mark.triton_interpret
+def test_the_triton_target_runs_masks_and_gqa_like_eager() -> None:
+    """target='triton' is what CUDA tensors get; here its kernels run interpreted."""
+    q, k, v = _qkv(kv_heads=2)
+    bias = torch.randn(B, 1, L, L, generator=torch.Generator().manual_seed(2))
+    module = Sdpa(enable_gqa=True)
+    out = _compiled(module, q, k, v, bias, target="triton")
+    torch.testing.assert_close(out, module(q, k, v, bias), atol=1e-5, rtol=1e-5)
+    window = Decomposed("window")
+    out = _compiled(window, *_qkv(), target="triton")
+    torch.testing.assert_close(out, window(*_qkv()), atol=1e-5, rtol=1e-5)

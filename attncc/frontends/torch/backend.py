@@ -124,7 +124,7 @@ def compile_sites(gm: fx.GraphModule, options: BackendOptions) -> list[SiteRepor
         if isinstance(found, Rejected):
             report = SiteReport(found.where, compiled=False, reason=found.reason)
         else:
-            report = _compile_site(gm.graph, found, options)
+            report = _guarded(gm.graph, found, options)
         if report.compiled:
             log.info("attncc: compiled the attention at %s (%s)", report.where, report.spec)
         else:
@@ -136,6 +136,17 @@ def compile_sites(gm: fx.GraphModule, options: BackendOptions) -> list[SiteRepor
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return reports
+
+
+def _guarded(graph: fx.Graph, site: Site, options: BackendOptions) -> SiteReport:
+    """`_compile_site`, with an internal error turned into a fallback: a bug in attncc must
+    not stop the user's model, which runs this attention as PyTorch code instead."""
+    try:
+        return _compile_site(graph, site, options)
+    except Exception as error:
+        log.exception("attncc: internal error compiling the attention at %s", site.where)
+        reason = f"internal error in attncc: {type(error).__name__}: {error}"
+        return SiteReport(site.where, compiled=False, reason=reason, spec=site.spec.describe())
 
 
 def _compile_site(graph: fx.Graph, site: Site, options: BackendOptions) -> SiteReport:
