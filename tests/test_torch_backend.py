@@ -258,3 +258,21 @@ def test_the_triton_target_runs_masks_and_gqa_like_eager() -> None:
     window = Decomposed("window")
     out = _compiled(window, *_qkv(), target="triton")
     torch.testing.assert_close(out, window(*_qkv()), atol=1e-5, rtol=1e-5)
+
+
+def test_an_internal_error_leaves_the_site_to_pytorch(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from attncc.frontends.torch import backend
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(backend, "attention_cascade", broken)
+    q, k, v = _qkv()
+    with caplog.at_level(logging.WARNING, logger="attncc"):
+        out = _compiled(Sdpa(is_causal=True), q, k, v)
+    assert "internal error compiling the attention" in caplog.text
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    site = _only_site(Sdpa(is_causal=True), q, k, v)
+    assert site.reason == "internal error in attncc: RuntimeError: simulated bug"
