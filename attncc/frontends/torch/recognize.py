@@ -96,22 +96,23 @@ def _decomposed(softmax: fx.Node, op: NodeOp) -> Site:
     dim = op.arg(1, "dim")
     if dim not in (-1, len(shape) - 1):
         raise _Mismatch(f"softmax over dim {dim}, not the last (key) dim")
-    output = _probabilities_times_v(softmax)
+    output, v = _probabilities_times_v(softmax)
     scores, scale, mask, masked_fill, fill = _peel_scores(scores_in)
-    if node_op(scores) is None or node_op(scores).name != "matmul":  # type: ignore[union-attr]
+    product = node_op(scores)
+    if product is None or product.name != "matmul":
         raise _Mismatch("the scores are not a matrix product")
-    q, k_transposed = node_op(scores).args[:2]  # type: ignore[union-attr]
+    q, k_transposed = product.args[:2]
     q, scale = _prescaled(q, scale)
     k = _untransposed(k_transposed)
-    v = node_op(output).args[1]  # type: ignore[union-attr]
     spec = AttentionSpec(scale=scale)
     if masked_fill is not None:
         return _site(output, q, k, v, spec, masked_fill, additive=False, fill=fill)
     return _site(output, q, k, v, spec, mask, additive=True)
 
 
-def _probabilities_times_v(softmax: fx.Node) -> fx.Node:
-    """The matmul(probabilities, v) the softmax feeds, through eval dropout and casts."""
+def _probabilities_times_v(softmax: fx.Node) -> tuple[fx.Node, Any]:
+    """The matmul(probabilities, v) the softmax feeds (through eval dropout and casts), and
+    its v."""
     node = softmax
     while True:
         users = list(node.users)
@@ -125,7 +126,7 @@ def _probabilities_times_v(softmax: fx.Node) -> fx.Node:
         if op is None:
             raise _Mismatch(f"the probabilities feed {user.name} ({user.target})")
         if op.name == "matmul" and op.args[0] is node:
-            return user
+            return user, op.args[1]
         if op.name == "dropout":
             p, training = op.arg(1, "p", 0.5), op.arg(2, "training", True)
             if p != 0 and training:
