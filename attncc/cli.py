@@ -12,6 +12,8 @@ attncc opt FILE|NAME --passes PIPELINE [--print-ir-after-all] [--check] [-o out.
 attncc masks NAME [--shape 64x64] [--tile 64|QxK] [-O key=value ...] [--png out.png]
                                                   a mask's tile classes, as text or a picture
 attncc demo                                       the built-in end-to-end example
+attncc study fusemax|sweep|model ...              accelerator studies (attncc.accel.cli)
+attncc import FILE.py:FACTORY --shapes ... [--emit mlir] [--check]  a PyTorch module's attention
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attncc.accel.cli import register as register_study
 from attncc.analysis import (
     analyze,
     count_passes,
@@ -54,6 +57,7 @@ from attncc.frontends.mask_options import (
 from attncc.frontends.masks import MASKS
 from attncc.frontends.options import key_values, option_value
 from attncc.frontends.sdpa import match_sdpa, sdpa_reference
+from attncc.frontends.torch.import_cli import register as register_import
 from attncc.ir import Cascade, DType, bind_sizes, parse, print_cascade
 from attncc.passes import PIPELINES, PassManager, parse_pipeline, run_pipeline
 
@@ -439,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     masks.set_defaults(handler=_masks)
     commands.add_parser("demo", help="the built-in end-to-end example").set_defaults(handler=_demo)
+    register_study(commands)
+    register_import(commands)
     return parser
 
 

@@ -19,11 +19,15 @@ take, a model torch.export cannot trace) is an AttnccError naming the file and l
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
+import io
+import logging
 import sys
 import traceback
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 from torch_mlir import fx, ir
 from torch_mlir.dialects import torch as torch_dialect
+from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 from torch_mlir.extras.fx_importer import FxImporter, GraphNodeImporter
 
 from attncc.backends.numpy.reference import interpret
@@ -116,7 +121,8 @@ def _located(error: BaseException, path: Path) -> str:
     for frame in traceback.extract_tb(error.__traceback__):
         if Path(frame.filename).resolve() == path.resolve():
             line = frame.lineno
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = error.msg if isinstance(error, SyntaxError) else str(error)
+    message = text.strip().splitlines()[0] if text.strip() else ""
     where = f" ({path}, line {line})" if line is not None else ""
     return f"{type(error).__name__}: {message}{where}"
 
@@ -161,7 +167,8 @@ def example_inputs(
     if missing:
         raise AttnccError(
             f"--shapes gives no shape for {', '.join(missing)} of "
-            f"{type(module).__name__}.forward({', '.join(names)}); add e.g. {missing[0]}=2x16x64"
+            f"{type(module).__name__}.forward({', '.join(names)}): give NAME=DIMSxDIMS for "
+            "every parameter without a default"
         )
     given = [n for n in names if n in shapes]
     if given != names[: len(given)]:
@@ -241,9 +248,32 @@ def _run_program(program: torch.export.ExportedProgram, inputs: list[torch.Tenso
     return values
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.export and torch-mlir log warnings and print graph dumps about their own
+    internals; what matters to the user comes back as the exception, located in their file."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export(
-    ref: FactoryRef, module: torch.nn.Module, inputs: dict[str, torch.Tensor], dtype: str
+    ref: FactoryRef,
+    module: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    dtype: str,
+    *,
+    decompose: bool = False,
 ) -> Exported:
+    """Export `module` on `inputs` to MLIR. The program is functionalized but not decomposed,
+    unless `decompose`: then torch-mlir's default decompositions (core ATen: bmm, _softmax,
+    where) apply, except to scaled_dot_product_attention."""
     module = module.to(DTYPES[dtype]).eval()
     with torch.no_grad():
         try:
@@ -254,8 +284,9 @@ def export(
                 f"{ref}: forward({shown}) raised {_located(error, ref.path)}; check --shapes"
             ) from None
         try:
-            program = torch.export.export(module, tuple(inputs.values()))
-            program = program.run_decompositions({})
+            with _quiet():
+                program = torch.export.export(module, tuple(inputs.values()))
+                program = program.run_decompositions(_decompositions() if decompose else {})
         except Exception as error:
             raise AttnccError(
                 f"{ref}: torch.export could not export the module: {_located(error, ref.path)}"
@@ -271,7 +302,8 @@ def export(
 
     importer = FxImporter(context=context, graph_node_importer_cls=Recorder)
     try:
-        fx.export_and_import(program, fx_importer=importer, decomposition_table={})
+        with _quiet():
+            fx.export_and_import(program, fx_importer=importer, decomposition_table={})
     except Exception as error:
         raise AttnccError(
             f"{ref}: torch-mlir could not import the exported program: {error}"
@@ -284,27 +316,42 @@ def export(
     return Exported(ref, importer.module, program, nodes, literals, inputs, dtype)
 
 
+def _decompositions() -> dict:
+    return {
+        op: rule
+        for op, rule in get_decomposition_table().items()
+        if "scaled_dot_product" not in str(op)
+    }
+
+
 @dataclass(frozen=True)
 class ImportResult:
     exported: Exported
     sites: list[AttentionSite]
     unrecognized: list[Unrecognized]
 
-    def location(self, op_and_position: AttentionSite | Unrecognized) -> str:
-        return source_location(
-            op_and_position.op, self.exported.source.path, op_and_position.position
-        )
+    def location(self, found: AttentionSite | Unrecognized) -> str:
+        """Where `found` comes from: the file:line of the model's source (from the MLIR
+        location) and the submodule that ran it (from torch.export's module stack)."""
+        where = source_location(found.op, self.exported.source.path, found.position)
+        node = self.exported.nodes.get(found.op.results[0]) if found.op.results else None
+        stack = node.meta.get("nn_module_stack") if node is not None else None
+        if not stack:
+            return where
+        path, kind = list(stack.values())[-1]
+        name = str(kind).rsplit(".", 1)[-1].strip("'>")
+        return f"{where}, in {path} ({name})" if path else f"{where}, in {name}"
 
 
 def import_attention(
-    factory: str, shapes: str, *, dtype: str = "f32", seed: int = 0
+    factory: str, shapes: str, *, dtype: str = "f32", seed: int = 0, decompose: bool = False
 ) -> ImportResult:
     """Export `factory` (FILE.py:NAME) on inputs of `shapes` and find its attention."""
     ref = parse_factory(factory)
     wanted = parse_input_shapes(shapes)
     module = load_factory(ref)
     inputs = example_inputs(module, wanted, dtype, seed)
-    exported = export(ref, module, inputs, dtype)
+    exported = export(ref, module, inputs, dtype, decompose=decompose)
     sites, unrecognized = find_attention(exported.module)
     return ImportResult(exported, sites, unrecognized)
 

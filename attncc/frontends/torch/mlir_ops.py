@@ -121,6 +121,33 @@ def normalize_dim(dim: int, rank: int) -> int | None:
     return dim if 0 <= dim < rank else None
 
 
+def permutation(op: ir.Operation, rank: int) -> list[int] | None:
+    """The source dimension of each result dimension of a transpose or permute."""
+    args = list(op.operands)
+    if op.name in ("torch.aten.t", "torch.aten.numpy_T"):
+        return list(reversed(range(rank)))
+    if op.name == "torch.aten.permute":
+        try:
+            order = constant(args[1])
+        except NotConstant:
+            return None
+        normal = [normalize_dim(d, rank) for d in order]
+        return None if None in normal else [d for d in normal if d is not None]
+    a, b = _int_operand(args[1]), _int_operand(args[2])
+    a = None if a is None else normalize_dim(a, rank)
+    b = None if b is None else normalize_dim(b, rank)
+    if a is None or b is None:
+        return None
+    order = list(range(rank))
+    order[a], order[b] = order[b], order[a]
+    return order
+
+
+def _int_operand(value: ir.Value) -> int | None:
+    number = constant_or(value, None)
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
 @dataclass(frozen=True)
 class SourceFrame:
     """A Python source line that an operation came from."""

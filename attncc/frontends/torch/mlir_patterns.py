@@ -20,6 +20,17 @@ from dataclasses import dataclass, field
 
 from torch_mlir import ir
 
+from attncc.frontends.torch.mlir_layout import (
+    NoMatch,
+    SiteDims,
+    key_value,
+    looks_through,
+    peel,
+    shape_of,
+    site_dims,
+    swaps_last_two,
+)
+from attncc.frontends.torch.mlir_masks import HIDING_FILL, MaskKind, MaskPredicate, mask_predicate
 from attncc.frontends.torch.mlir_ops import (
     constant_or,
     function_ops,
@@ -29,17 +40,7 @@ from attncc.frontends.torch.mlir_ops import (
     shape,
     users,
 )
-from attncc.frontends.torch.mlir_symbolic import (
-    HIDING_FILL,
-    MaskKind,
-    MaskPredicate,
-    Symbolic,
-    fold,
-    mask_predicate,
-    permutation,
-    scalar_constant,
-    symbolic,
-)
+from attncc.frontends.torch.mlir_symbolic import Symbolic, fold, scalar_constant, symbolic
 from attncc.frontends.torch.spec import AttentionSpec, MaskTensor, attention_cascade
 from attncc.ir import Call, Cascade, Const, Coord, Expr
 
@@ -48,26 +49,8 @@ SOFTMAX = ("torch.aten.softmax.int", "torch.aten._softmax")
 MATMUL = ("torch.aten.matmul", "torch.aten.bmm")
 CAUSAL = Call("le", (Coord("m"), Coord("p")))
 
-# Operations that leave every element where it was: looked through in both directions.
-_SAME_DATA = {
-    "torch.aten.clone",
-    "torch.aten.contiguous",
-    "torch.aten.detach",
-    "torch.aten.alias",
-    "torch.aten.to.dtype",
-    "torch.aten.to.dtype_layout",
-    "torch.aten._to_copy",
-    "torch.aten.type_as",
-    "torch.prims.convert_element_type",
-}
-# Reshapes that keep the last two dimensions (what a bmm's batch flattening does).
-_BATCH_VIEWS = {"torch.aten.view", "torch.aten.reshape", "torch.aten._unsafe_view"}
 _SCALES = {"torch.aten.mul.Scalar", "torch.aten.div.Scalar", "torch.aten.mul.Tensor"}
 _SCALES |= {"torch.aten.div.Tensor"}
-
-
-class NoMatch(Exception):
-    """The pattern does not apply; the message says why, for the report."""
 
 
 @dataclass(frozen=True)
@@ -79,20 +62,8 @@ class MaskTerm:
     kind: MaskKind
     scale: float
     scores_shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class SiteDims:
-    """Sizes of a site, with leading dimensions folded into one batch: query heads H, key/value
-    heads G (H / group under GQA), P queries, M keys, head dimensions E and F."""
-
-    batch: int
-    heads: int
-    kv_heads: int
-    queries: int
-    keys: int
-    head_dim: int
-    value_dim: int
+    finite_fill: bool = False
+    """A boolean mask applied with a large finite value (-1e9) in place of -inf."""
 
 
 @dataclass(frozen=True)
@@ -163,12 +134,12 @@ def _sdpa(op: ir.Operation, position: int) -> AttentionSite:
         raise NoMatch("is_causal and enable_gqa must be constants")
     if scale_value is not None and not isinstance(scale_value, int | float):
         raise NoMatch("the scale must be a constant")
-    key, value = _key_value(q, k, v, key_transposed=False)
-    dims = _dims(q, key, value, key_transposed=False)
+    key, value = key_value(q, k, v, key_transposed=False)
+    dims = site_dims(q, key, value, key_transposed=False)
     terms = []
     if shape(mask) is not None:
         kind = MaskKind.ADDITIVE if is_float_tensor(mask) else MaskKind.VISIBLE
-        terms.append(MaskTerm(mask, kind, 1.0, (*_shape_of(q)[:-1], dims.keys)))
+        terms.append(MaskTerm(mask, kind, 1.0, (*shape_of(q)[:-1], dims.keys)))
     scale_float = None if scale_value is None else float(scale_value)
     return _site(
         op, position, dims, (q, key, value, op.result), False, scale_float, is_causal, terms
@@ -204,10 +175,10 @@ def _softmax(op: ir.Operation, position: int) -> AttentionSite:
     b, b_scale = _unscaled(product.operands[1])
     key, key_transposed = b, True
     b_op = producer(b)
-    if b_op is not None and _swaps_last_two(b_op):
+    if b_op is not None and swaps_last_two(b_op):
         key, key_transposed = b_op.operands[0], False
-    key, value = _key_value(a, key, weighted.operands[1], key_transposed=key_transposed)
-    dims = _dims(a, key, value, key_transposed=key_transposed)
+    key, value = key_value(a, key, weighted.operands[1], key_transposed=key_transposed)
+    dims = site_dims(a, key, value, key_transposed=key_transposed)
     scale = chain.scale * a_scale * b_scale
     tensors = (a, key, value, weighted.result)
     return _site(weighted, position, dims, tensors, key_transposed, scale, False, chain.masks)
@@ -228,7 +199,7 @@ def _weighted_sum(weights: ir.Value) -> ir.Operation:
                     "dropout is on after the softmax (training mode): attncc compiles "
                     "inference; call model.eval() in the factory"
                 )
-            if _looks_through(use.op) or name == "torch.aten.dropout":
+            if looks_through(use.op) or name == "torch.aten.dropout":
                 result = use.op.result
                 if result not in seen:
                     seen.add(result)
@@ -240,7 +211,7 @@ def _scores(x: ir.Value, chain: _Chain) -> ir.Operation:
     """Follow the softmax's input back to the matmul of queries and keys, collecting scales
     and masks into `chain`."""
     for _ in range(64):
-        x = _peel(x)
+        x = peel(x)
         op = producer(x)
         name = op.name if op is not None else "a function argument"
         if op is None:
@@ -259,8 +230,8 @@ def _scores(x: ir.Value, chain: _Chain) -> ir.Operation:
             break
         if chain.scale <= 0:
             raise NoMatch("a mask hides keys with -inf before a negative scale")
-        mask, kind, x = masked
-        chain.masks.append(MaskTerm(mask, kind, 1.0, _shape_of(x)))
+        mask, kind, x, fill = masked
+        chain.masks.append(MaskTerm(mask, kind, 1.0, shape_of(x), math.isfinite(fill)))
     raise NoMatch(
         f"the softmax's input comes from {name}, not from a scaled and masked product of "
         "queries and keys (matmul or bmm)"
@@ -280,36 +251,33 @@ def _added_mask(op: ir.Operation, chain: _Chain) -> ir.Operation:
             reasons.append(str(reason))
             continue
         # The scale applied after the addition scales the mask too.
-        term = MaskTerm(mask, MaskKind.ADDITIVE, chain.scale, _shape_of(op.result))
+        term = MaskTerm(mask, MaskKind.ADDITIVE, chain.scale, shape_of(op.result))
         chain.scale = inner.scale
         chain.masks += [term, *inner.masks]
         return found
     raise NoMatch(reasons[0])
 
 
-def _masking(op: ir.Operation) -> tuple[ir.Value, MaskKind, ir.Value] | None:
-    """(mask, kind, scores) for masked_fill(scores, mask, -inf) and where(mask, scores, -inf)."""
+def _masking(op: ir.Operation) -> tuple[ir.Value, MaskKind, ir.Value, float] | None:
+    """(mask, kind, scores, fill) for masked_fill(scores, mask, -inf) and
+    where(mask, scores, -inf); a fill of at most HIDING_FILL also hides a key."""
     args = list(op.operands)
     if op.name in ("torch.aten.masked_fill.Scalar", "torch.aten.masked_fill.Tensor"):
         fill = _number_or_scalar(args[2])
-        _check_fill(fill, "masked_fill")
-        return args[1], MaskKind.HIDDEN, args[0]
+        if fill is None or fill > HIDING_FILL:
+            raise NoMatch(
+                f"masked_fill fills scores with {fill if fill is not None else 'a tensor'}: only "
+                f"-inf (or a constant at most {HIDING_FILL:g}) hides a key"
+            )
+        return args[1], MaskKind.HIDDEN, args[0], fill
     if op.name.startswith("torch.aten.where."):
         yes, no = _number_or_scalar(args[1]), _number_or_scalar(args[2])
         if no is not None and no <= HIDING_FILL:
-            return args[0], MaskKind.VISIBLE, args[1]
+            return args[0], MaskKind.VISIBLE, args[1], no
         if yes is not None and yes <= HIDING_FILL:
-            return args[0], MaskKind.HIDDEN, args[2]
+            return args[0], MaskKind.HIDDEN, args[2], yes
         raise NoMatch("a where() before the softmax replaces scores with something other than -inf")
     return None
-
-
-def _check_fill(fill: float | None, what: str) -> None:
-    if fill is None or fill > HIDING_FILL:
-        raise NoMatch(
-            f"{what} fills scores with {fill if fill is not None else 'a tensor'}: only -inf "
-            f"(or a constant at most {HIDING_FILL:g}) hides a key"
-        )
 
 
 def _number_or_scalar(value: ir.Value) -> float | None:
@@ -340,7 +308,7 @@ def _unscaled(x: ir.Value) -> tuple[ir.Value, float]:
     """A matmul operand with its constant scales and layout no-ops peeled off."""
     total = 1.0
     for _ in range(16):
-        x = _peel(x)
+        x = peel(x)
         op = producer(x)
         factor = _scale_factor(op) if op is not None else None
         if factor is None:
@@ -350,169 +318,7 @@ def _unscaled(x: ir.Value) -> tuple[ir.Value, float]:
     return x, total
 
 
-def _swaps_last_two(op: ir.Operation) -> bool:
-    rank = len(shape(op.operands[0]) or ())
-    if rank < 2 or op.name not in (
-        "torch.aten.transpose.int",
-        "torch.aten.permute",
-        "torch.aten.t",
-        "torch.aten.numpy_T",
-    ):
-        return False
-    order = permutation(op, rank)
-    return order == [*range(rank - 2), rank - 1, rank - 2]
-
-
-def _looks_through(op: ir.Operation, *, views: bool = True) -> bool:
-    """Copies, dtype conversions, identity expands and slices, and (with `views`) reshapes of
-    the leading dims."""
-    if not op.operands or len(op.results) != 1:
-        return False
-    before, after = shape(op.operands[0]), shape(op.result)
-    if op.name in _SAME_DATA:
-        return before == after
-    if op.name == "torch.aten.expand":
-        return before == after
-    if op.name == "torch.aten.slice.Tensor":
-        return _identity_slice(op)
-    if views and op.name in _BATCH_VIEWS and before is not None and after is not None:
-        return len(before) >= 2 and len(after) >= 2 and before[-2:] == after[-2:]
-    return False
-
-
-def _identity_slice(op: ir.Operation) -> bool:
-    start, step = constant_or(op.operands[2], None), constant_or(op.operands[4], None)
-    return shape(op.operands[0]) == shape(op.result) and start in (0, None) and step == 1
-
-
-def _peel(x: ir.Value, *, views: bool = True) -> ir.Value:
-    for _ in range(64):
-        op = producer(x)
-        if op is None or not _looks_through(op, views=views):
-            return x
-        x = op.operands[0]
-    return x
-
-
-def _shape_of(x: ir.Value) -> tuple[int, ...]:
-    dims = shape(x)
-    if dims is None:
-        raise NoMatch("a tensor on the way has no static shape")
-    return dims
-
-
-# -- Grouped-query attention: keys and values repeated per query head. ---------------------------
-
-
-def _key_value(
-    q: ir.Value, k: ir.Value, v: ir.Value, *, key_transposed: bool
-) -> tuple[ir.Value, ir.Value]:
-    """The key and value tensors before a repeat over the head dimension that both went
-    through with the same factor (grouped-query attention); otherwise, of each, the tensor
-    furthest back through copies and batch reshapes whose leading dims pair with the queries'
-    (always correct: the cascade then reads the repeated heads)."""
-    q_lead = _shape_of(q)[:-2]
-    if not key_transposed:
-        k_source, v_source = _first_repeat(k), _first_repeat(v)
-        if k_source is not None and v_source is not None and k_source[1] == v_source[1]:
-            return k_source[0], v_source[0]
-    return _pairing(k, q_lead), _pairing(v, q_lead)
-
-
-def _chain(x: ir.Value) -> list[ir.Value]:
-    """`x`, and what it is a copy or a batch reshape of, one step at a time."""
-    found = [x]
-    for _ in range(64):
-        op = producer(found[-1])
-        if op is None or not _looks_through(op):
-            break
-        found.append(op.operands[0])
-    return found
-
-
-def _pairing(x: ir.Value, q_lead: tuple[int, ...]) -> ir.Value:
-    paired = [c for c in _chain(x) if (s := shape(c)) and len(s) >= 2 and _pairs(q_lead, s[:-2])]
-    return paired[-1] if paired else x
-
-
-def _pairs(lead: tuple[int, ...], kv_lead: tuple[int, ...]) -> bool:
-    """Whether keys with leading dims `kv_lead` serve queries with `lead`: the same batch, and
-    key/value heads dividing the query heads."""
-    if len(kv_lead) != len(lead) or kv_lead[:-1] != lead[:-1]:
-        return False
-    return not lead or lead[-1] % kv_lead[-1] == 0
-
-
-def _first_repeat(x: ir.Value) -> tuple[ir.Value, int] | None:
-    for candidate in _chain(x):
-        found = _repeat_source(candidate)
-        if found is not None:
-            return found
-    return None
-
-
-def _repeat_source(x: ir.Value) -> tuple[ir.Value, int] | None:
-    """(source [b, g, s, d], r) when `x` is [b, g*r, s, d], each head repeated r times in a row:
-    repeat_kv's unsqueeze + expand + reshape, or repeat_interleave over dim 1."""
-    op = producer(x)
-    out = shape(x)
-    if op is None or out is None or len(out) != 4:
-        return None
-    if op.name == "torch.aten.repeat_interleave.self_int":
-        repeats, dim = constant_or(op.operands[1], None), constant_or(op.operands[2], None)
-        source = op.operands[0]
-        if isinstance(repeats, int) and isinstance(dim, int) and normalize_dim(dim, 4) == 1:
-            return source, repeats
-        return None
-    if op.name not in _BATCH_VIEWS:
-        return None
-    expanded = _peel(op.operands[0], views=False)
-    expand = producer(expanded)
-    grid = shape(expanded)
-    if expand is None or expand.name != "torch.aten.expand" or grid is None or len(grid) != 5:
-        return None
-    unsqueezed = _peel(expand.operands[0], views=False)
-    unsqueeze = producer(unsqueezed)
-    if unsqueeze is None or unsqueeze.name != "torch.aten.unsqueeze":
-        return None
-    if constant_or(unsqueeze.operands[1], None) not in (2, -3):
-        return None
-    source = unsqueeze.operands[0]
-    b, g, r, s, d = grid
-    if shape(source) != (b, g, s, d) or out != (b, g * r, s, d):
-        return None
-    return source, r
-
-
 # -- Putting a site together. --------------------------------------------------------------------
-
-
-def _dims(q: ir.Value, key: ir.Value, value: ir.Value, *, key_transposed: bool) -> SiteDims:
-    q_shape, k_shape, v_shape = shape(q), shape(key), shape(value)
-    if q_shape is None or k_shape is None or v_shape is None:
-        raise NoMatch("queries, keys and values need static shapes")
-    if min(len(q_shape), len(k_shape), len(v_shape)) < 2:
-        raise NoMatch("queries, keys and values need at least 2 dims")
-    lead, k_lead, v_lead = q_shape[:-2], k_shape[:-2], v_shape[:-2]
-    p, e_q = q_shape[-2:]
-    e, m = k_shape[-2:] if key_transposed else reversed(k_shape[-2:])
-    m_v, f = v_shape[-2:]
-    if e != e_q or m != m_v:
-        raise NoMatch(
-            f"queries {list(q_shape)}, keys {list(k_shape)} and values {list(v_shape)} do not "
-            "multiply as attention"
-        )
-    if k_lead != v_lead:
-        raise NoMatch(f"keys have leading dims {list(k_lead)} and values {list(v_lead)}")
-    batch = math.prod(lead[:-1]) if lead else 1
-    heads = lead[-1] if lead else 1
-    kv_heads = k_lead[-1] if k_lead else 1
-    if not _pairs(lead, k_lead):
-        raise NoMatch(
-            f"keys with leading dims {list(k_lead)} do not pair with queries' {list(lead)} "
-            "(the same batch, and key/value heads dividing the query heads)"
-        )
-    return SiteDims(batch, heads, kv_heads, p, m, e, f)
 
 
 def _site(
@@ -533,19 +339,24 @@ def _site(
     predicates: list[Expr] = [CAUSAL] if causal else []
     masked: list[MaskTerm] = []
     notes: list[str] = []
+    finite = any(term.finite_fill for term in terms)
     for term in terms:
         found = _predicate(term)
         if isinstance(found, MaskPredicate):
             if found.predicate is not None:
-                predicates.append(found.predicate)
-            if found.finite_fill:
-                notes.append("a mask hides keys with a large finite value; the cascade uses -inf")
+                predicates.extend(_conjuncts(found.predicate))
+            finite |= found.finite_fill
             continue
         if found is not None:
             notes.append(f"a mask computed from positions stays a tensor: {found}")
         masked.append(term)
-    is_causal = CAUSAL in predicates
-    rest = [p for p in predicates if p != CAUSAL]
+    if finite:
+        notes.append(
+            "a mask hides keys with a large finite value where the cascade uses -inf: the "
+            "same result unless a query sees no key at all"
+        )
+    # A causal conjunct is said as `causal`; the rest, in order, is the predicate.
+    rest = [p for i, p in enumerate(predicates) if p != CAUSAL and p not in predicates[:i]]
     predicate = None
     for p in rest:
         predicate = p if predicate is None else Call("and", (predicate, p))
@@ -555,12 +366,22 @@ def _site(
         kind = MaskTensor.BOOLEAN if boolean else MaskTensor.ADDITIVE
     group = dims.heads // dims.kv_heads if dims.kv_heads != dims.heads else None
     spec = AttentionSpec(
-        scale=scale, causal=is_causal, predicate=predicate, mask_tensor=kind, gqa_group=group
+        scale=scale,
+        causal=CAUSAL in predicates,
+        predicate=predicate,
+        mask_tensor=kind,
+        gqa_group=group,
     )
     q, key, value, output = tensors
     return AttentionSite(
         op, position, spec, dims, q, key, key_transposed, value, output, tuple(masked), tuple(notes)
     )
+
+
+def _conjuncts(predicate: Expr) -> list[Expr]:
+    if isinstance(predicate, Call) and predicate.op == "and":
+        return [c for arg in predicate.args for c in _conjuncts(arg)]
+    return [predicate]
 
 
 def _predicate(term: MaskTerm) -> MaskPredicate | str | None:

@@ -6,19 +6,11 @@ leaves and returns, when every leaf is a constant or an arange, the tensor as on
 expression of its coordinates: element [i0, i1, ...] is `expr` with Coord("d0") = i0, and so on
 (`arange(8)[None, :] > arange(8)[:, None]` is `d1 > d0`). A dimension of size 1 has no
 coordinate in `expr`, so broadcasting is renaming. A value that depends on data (a function
-argument, a weight) is not symbolic: None.
-
-`mask_predicate` then reads such a mask, broadcast to the scores [..., p, m], as a predicate over
-key position m and query position p (the form `attncc.frontends.masks` uses), by evaluating it
-for every truth assignment of the position comparisons it contains: a proof over all positions,
-not a sample, since the comparisons are the only way positions enter.
+argument, a weight) is not symbolic: None. `mlir_masks` reads such masks as predicates.
 """
 
 from __future__ import annotations
 
-import enum
-import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,23 +23,13 @@ from attncc.frontends.torch.mlir_ops import (
     NotConstant,
     constant,
     normalize_dim,
+    permutation,
     producer,
     shape,
     splat_literal,
 )
-from attncc.ir import Call, Const, Coord, Expr, as_index, index_symbol, index_value, walk
+from attncc.ir import Call, Const, Expr, index_symbol, index_value
 from attncc.ir import substitute as substitute_indices
-
-COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
-_FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
-_NEGATED = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
-
-HIDING_FILL = -1e4
-"""Fill values at or below this hide a key: exp(-1e4 - s) underflows to 0 next to any visible
-score s above -9900, in float32 and float64, so the module's softmax and the cascade's (which
-uses -inf) agree except on rows where every key is hidden."""
-
-_MAX_ATOMS = 4
 
 
 def axis(i: int) -> str:
@@ -62,14 +44,14 @@ class Symbolic:
     expr: Expr
 
 
-def _rename(expr: Expr, mapping: dict[str, sympy.Expr]) -> Expr:
+def rename(expr: Expr, mapping: dict[str, sympy.Expr]) -> Expr:
     return substitute_indices(expr, mapping) if mapping else expr
 
 
 def normalized(dims: tuple[int, ...], expr: Expr) -> Symbolic:
     """`expr` on a tensor of shape `dims`, with size-1 dimensions' coordinates set to 0."""
     zero = {axis(i): sympy.Integer(0) for i, size in enumerate(dims) if size == 1}
-    return Symbolic(dims, fold(_rename(expr, zero)))
+    return Symbolic(dims, fold(rename(expr, zero)))
 
 
 def broadcast(sym: Symbolic, target: tuple[int, ...]) -> Expr | None:
@@ -80,7 +62,7 @@ def broadcast(sym: Symbolic, target: tuple[int, ...]) -> Expr | None:
     for i, size in enumerate(sym.shape):
         if size not in (1, target[i + offset]):
             return None
-    return _rename(
+    return rename(
         sym.expr, {axis(i): index_symbol(axis(i + offset)) for i in range(len(sym.shape))}
     )
 
@@ -260,7 +242,7 @@ def _same_data(old: tuple[int, ...], new: tuple[int, ...]) -> dict[str, sympy.Ex
 def _reshaped(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
     sym = ev(op.operands[0])
     mapping = None if sym is None else _same_data(sym.shape, dims)
-    return None if sym is None or mapping is None else _rename(sym.expr, mapping)
+    return None if sym is None or mapping is None else rename(sym.expr, mapping)
 
 
 @_rule("torch.aten.expand", "torch.aten.expand_as", "torch.aten.broadcast_to")
@@ -278,7 +260,7 @@ def _sliced(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | N
     if start is None or step is None:
         return None
     start = max(start + sym.shape[dim], 0) if start < 0 else min(start, sym.shape[dim])
-    return _rename(sym.expr, {axis(dim): start + step * index_symbol(axis(dim))})
+    return rename(sym.expr, {axis(dim): start + step * index_symbol(axis(dim))})
 
 
 @_rule("torch.aten.select.int")
@@ -292,7 +274,7 @@ def _selected(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr |
     index = index + sym.shape[dim] if index < 0 else index
     mapping: dict[str, sympy.Expr] = {axis(dim): sympy.Integer(index)}
     mapping |= {axis(i): index_symbol(axis(i - 1)) for i in range(dim + 1, len(sym.shape))}
-    return _rename(sym.expr, mapping)
+    return rename(sym.expr, mapping)
 
 
 @_rule("torch.aten.transpose.int", "torch.aten.permute", "torch.aten.t", "torch.aten.numpy_T")
@@ -304,29 +286,7 @@ def _permuted(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr |
     order = permutation(op, len(sym.shape))
     if order is None:
         return None
-    return _rename(sym.expr, {axis(old): index_symbol(axis(new)) for new, old in enumerate(order)})
-
-
-def permutation(op: ir.Operation, rank: int) -> list[int] | None:
-    """The source dimension of each result dimension of a transpose or permute."""
-    args = list(op.operands)
-    if op.name in ("torch.aten.t", "torch.aten.numpy_T"):
-        return list(reversed(range(rank)))
-    if op.name == "torch.aten.permute":
-        try:
-            order = constant(args[1])
-        except NotConstant:
-            return None
-        normal = [normalize_dim(d, rank) for d in order]
-        return None if None in normal else [d for d in normal if d is not None]
-    a, b = _int(args[1]), _int(args[2])
-    a = None if a is None else normalize_dim(a, rank)
-    b = None if b is None else normalize_dim(b, rank)
-    if a is None or b is None:
-        return None
-    order = list(range(rank))
-    order[a], order[b] = order[b], order[a]
-    return order
+    return rename(sym.expr, {axis(old): index_symbol(axis(new)) for new, old in enumerate(order)})
 
 
 @_rule("torch.aten.tril", "torch.aten.triu")
@@ -445,142 +405,3 @@ def scalar_constant(value: ir.Value) -> float | None:
     """The value of a tensor whose elements are one constant (a 0-d literal, sqrt of one)."""
     sym = symbolic(value)
     return sym.expr.value if sym is not None and isinstance(sym.expr, Const) else None
-
-
-# -- Masks as predicates. -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MaskPredicate:
-    """What a mask proved to compute from positions hides: keys where `predicate` (over m and
-    p) is false; None when it hides nothing. `finite_fill` notes a hiding value such as -1e9
-    that the cascade states as -inf."""
-
-    predicate: Expr | None
-    finite_fill: bool = False
-
-
-class MaskKind(enum.Enum):
-    """How a mask tensor acts on the scores."""
-
-    VISIBLE = "visible"
-    """Boolean, true where the key is visible (SDPA's boolean attn_mask, where's condition)."""
-    HIDDEN = "hidden"
-    """Boolean, true where the key is hidden (masked_fill's mask)."""
-    ADDITIVE = "additive"
-    """Added to the scores (SDPA's float attn_mask, `scores + bias`)."""
-
-
-def mask_predicate(sym: Symbolic, scores: tuple[int, ...], kind: MaskKind) -> MaskPredicate | str:
-    """The predicate of mask `sym` applied to scores of shape [..., P, M]; a reason string
-    when it is not one."""
-    expr = broadcast(sym, scores)
-    if expr is None:
-        return (
-            f"the mask's shape {list(sym.shape)} does not broadcast to the scores' {list(scores)}"
-        )
-    n = len(scores)
-    expr = _rename(expr, {axis(n - 1): index_symbol("m"), axis(n - 2): index_symbol("p")})
-    others = sorted({c.name for c in walk(expr) if isinstance(c, Coord)} - {"m", "p"})
-    if others:
-        return "the mask varies over batch or heads, not only over key and query positions"
-    atoms = _atoms(expr)
-    if len(atoms) > _MAX_ATOMS:
-        return f"the mask compares positions {len(atoms)} ways (at most {_MAX_ATOMS} are read)"
-    visible: list[tuple[bool, ...]] = []
-    finite = False
-    for truth in itertools.product((False, True), repeat=len(atoms)):
-        value = fold(_replace(expr, dict(zip(atoms, truth, strict=True))))
-        if not isinstance(value, Const):
-            return "the mask is not a function of comparisons of positions"
-        shown, is_finite = _visible(value.value, kind)
-        if shown is None:
-            return f"the mask takes the value {value.value:g}, which neither keeps nor hides a key"
-        finite |= is_finite
-        if shown:
-            visible.append(truth)
-    if not visible:
-        return "the mask hides every key"
-    if len(visible) == 2 ** len(atoms):
-        return MaskPredicate(None, finite)
-    return MaskPredicate(_from_table([_canonical(a) for a in atoms], visible), finite)
-
-
-def _visible(value: float, kind: MaskKind) -> tuple[bool | None, bool]:
-    """(whether a mask element of `value` keeps its key, whether it hides with a finite value)."""
-    if kind is MaskKind.VISIBLE:
-        return value != 0, False
-    if kind is MaskKind.HIDDEN:
-        return value == 0, False
-    if value == 0:
-        return True, False
-    if value <= HIDING_FILL:
-        return False, math.isfinite(value)
-    return None, False
-
-
-def _atoms(expr: Expr) -> list[Expr]:
-    """The comparisons of positions in `expr` (both sides index expressions of m and p)."""
-    found: list[Expr] = []
-    for node in walk(expr):
-        if isinstance(node, Call) and node.op in COMPARISONS and node not in found:
-            sides = [as_index(a) for a in node.args]
-            if all(s is not None for s in sides) and any(isinstance(c, Coord) for c in walk(node)):
-                found.append(node)
-    return found
-
-
-def _replace(expr: Expr, truth: dict[Expr, bool]) -> Expr:
-    if expr in truth:
-        return Const(1.0 if truth[expr] else 0.0)
-    if isinstance(expr, Call):
-        return Call(expr.op, tuple(_replace(a, truth) for a in expr.args))
-    return expr
-
-
-def _canonical(atom: Expr) -> Expr:
-    """A comparison of positions written `terms <= terms`, m's coefficient positive
-    (`arange[None, :] > arange[:, None]` reads `m > p`; tril's `m - p <= 0` reads `m <= p`)."""
-    assert isinstance(atom, Call)
-    lhs, rhs = (as_index(a) for a in atom.args)
-    assert lhs is not None and rhs is not None
-    difference, op = sympy.expand(lhs - rhs), atom.op
-    m, p = index_symbol("m"), index_symbol("p")
-    lead = difference.coeff(m) or difference.coeff(p)
-    if lead is not None and lead.is_negative:
-        difference, op = -difference, _FLIPPED[op]
-    left, right = sympy.Integer(0), sympy.Integer(0)
-    for term in sympy.Add.make_args(difference):
-        coefficient, _ = term.as_coeff_Mul()
-        if term.is_number or coefficient.is_negative:
-            right -= term
-        else:
-            left += term
-    return Call(op, (index_value(left), index_value(right)))
-
-
-def _negate(atom: Expr) -> Expr:
-    assert isinstance(atom, Call)
-    return Call(_NEGATED[atom.op], atom.args)
-
-
-def _from_table(atoms: list[Expr], visible: list[tuple[bool, ...]]) -> Expr:
-    """A predicate true exactly on the `visible` truth assignments of `atoms`: the conjunction
-    of literals for one assignment, or its negation's complement, else a disjunction."""
-
-    def conjunction(truth: tuple[bool, ...]) -> Expr:
-        literals = [a if t else _negate(a) for a, t in zip(atoms, truth, strict=True)]
-        return _join("and", literals)
-
-    hidden = [t for t in itertools.product((False, True), repeat=len(atoms)) if t not in visible]
-    if len(hidden) == 1 and len(visible) > 1:
-        literals = [_negate(a) if t else a for a, t in zip(atoms, hidden[0], strict=True)]
-        return _join("or", literals)
-    return _join("or", [conjunction(t) for t in visible])
-
-
-def _join(op: str, parts: list[Expr]) -> Expr:
-    result = parts[0]
-    for part in parts[1:]:
-        result = Call(op, (result, part))
-    return result

@@ -1,0 +1,187 @@
+"""Masks that a model computes from positions, read as predicates over key position m and
+query position p (the form `attncc.frontends.masks` uses and the cascade's filter takes).
+
+`mask_predicate` takes a mask in symbolic form (`mlir_symbolic`), broadcasts it to the scores
+[..., p, m], and evaluates it for every truth assignment of the position comparisons it
+contains. Positions enter a mask only through those comparisons, so the table of visible
+assignments is a proof over all positions, not a sample; it is written back as a conjunction,
+a disjunction, or a sum of products of canonical comparisons (`m <= p`, `m >= p - 2`).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from dataclasses import dataclass
+
+import sympy
+
+from attncc.frontends.torch.mlir_symbolic import Symbolic, axis, broadcast, fold, rename
+from attncc.ir import Call, Const, Coord, Expr, as_index, index_symbol, index_value, walk
+
+COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
+_FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
+_NEGATED = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
+
+HIDING_FILL = -1e4
+"""Fill values at or below this hide a key: exp(-1e4 - s) underflows to 0 next to any visible
+score s above -9900, in float32 and float64, so the module's softmax and the cascade's (which
+uses -inf) agree except on rows where every key is hidden."""
+
+_MAX_ATOMS = 4
+
+
+@dataclass(frozen=True)
+class MaskPredicate:
+    """What a mask proved to compute from positions hides: keys where `predicate` (over m and
+    p) is false; None when it hides nothing. `finite_fill` notes a hiding value such as -1e9
+    that the cascade states as -inf."""
+
+    predicate: Expr | None
+    finite_fill: bool = False
+
+
+class MaskKind(enum.Enum):
+    """How a mask tensor acts on the scores."""
+
+    VISIBLE = "visible"
+    """Boolean, true where the key is visible (SDPA's boolean attn_mask, where's condition)."""
+    HIDDEN = "hidden"
+    """Boolean, true where the key is hidden (masked_fill's mask)."""
+    ADDITIVE = "additive"
+    """Added to the scores (SDPA's float attn_mask, `scores + bias`)."""
+
+
+def mask_predicate(sym: Symbolic, scores: tuple[int, ...], kind: MaskKind) -> MaskPredicate | str:
+    """The predicate of mask `sym` applied to scores of shape [..., P, M]; a reason string
+    when it is not one."""
+    expr = broadcast(sym, scores)
+    if expr is None:
+        return (
+            f"the mask's shape {list(sym.shape)} does not broadcast to the scores' {list(scores)}"
+        )
+    n = len(scores)
+    expr = rename(expr, {axis(n - 1): index_symbol("m"), axis(n - 2): index_symbol("p")})
+    others = sorted({c.name for c in walk(expr) if isinstance(c, Coord)} - {"m", "p"})
+    if others:
+        return "the mask varies over batch or heads, not only over key and query positions"
+    atoms = _atoms(expr)
+    if len(atoms) > _MAX_ATOMS:
+        return f"the mask compares positions {len(atoms)} ways (at most {_MAX_ATOMS} are read)"
+    visible: list[tuple[bool, ...]] = []
+    finite = False
+    for truth in itertools.product((False, True), repeat=len(atoms)):
+        value = fold(_replace(expr, dict(zip(atoms, truth, strict=True))))
+        if not isinstance(value, Const):
+            return "the mask is not a function of comparisons of positions"
+        shown, is_finite = _visible(value.value, kind)
+        if shown is None:
+            return f"the mask takes the value {value.value:g}, which neither keeps nor hides a key"
+        finite |= is_finite
+        if shown:
+            visible.append(truth)
+    if not visible:
+        return "the mask hides every key"
+    if len(visible) == 2 ** len(atoms):
+        return MaskPredicate(None, finite)
+    return MaskPredicate(_from_table(atoms, visible), finite)
+
+
+def _visible(value: float, kind: MaskKind) -> tuple[bool | None, bool]:
+    """(whether a mask element of `value` keeps its key, whether it hides with a finite value)."""
+    if kind is MaskKind.VISIBLE:
+        return value != 0, False
+    if kind is MaskKind.HIDDEN:
+        return value == 0, False
+    if value == 0:
+        return True, False
+    if value <= HIDING_FILL:
+        return False, math.isfinite(value)
+    return None, False
+
+
+def _atoms(expr: Expr) -> list[Expr]:
+    """The comparisons of positions in `expr` (both sides index expressions of m and p)."""
+    found: list[Expr] = []
+    for node in walk(expr):
+        if isinstance(node, Call) and node.op in COMPARISONS and node not in found:
+            sides = [as_index(a) for a in node.args]
+            if all(s is not None for s in sides) and any(isinstance(c, Coord) for c in walk(node)):
+                found.append(node)
+    return found
+
+
+def _replace(expr: Expr, truth: dict[Expr, bool]) -> Expr:
+    if expr in truth:
+        return Const(1.0 if truth[expr] else 0.0)
+    if isinstance(expr, Call):
+        return Call(expr.op, tuple(_replace(a, truth) for a in expr.args))
+    return expr
+
+
+def _canonical(atom: Expr) -> Expr:
+    """A comparison of positions as `terms <= terms` (or >=, ==, !=) with m's coefficient
+    positive and the constant on the right: strict comparisons of integers become non-strict
+    (`arange[None, :] > arange[:, None]` negated reads `m <= p`, triu's hidden `m - p >= 1`
+    negated also reads `m <= p`)."""
+    assert isinstance(atom, Call)
+    lhs, rhs = (as_index(a) for a in atom.args)
+    assert lhs is not None and rhs is not None
+    difference, op = sympy.expand(lhs - rhs), atom.op
+    if op in ("lt", "gt"):
+        difference, op = difference + (1 if op == "lt" else -1), "le" if op == "lt" else "ge"
+    m, p = index_symbol("m"), index_symbol("p")
+    lead = difference.coeff(m) or difference.coeff(p)
+    if lead is not None and lead.is_negative:
+        difference, op = -difference, _FLIPPED[op]
+    left: list[sympy.Expr] = []
+    right: list[sympy.Expr] = []
+    for term in sympy.Add.make_args(difference):
+        coefficient, _ = term.as_coeff_Mul()
+        if term.is_number or coefficient.is_negative:
+            right.append(-term)
+        else:
+            left.append(term)
+    return Call(op, (_linear(left), _linear(right)))
+
+
+def _linear(terms: list[sympy.Expr]) -> Expr:
+    """A sum of terms as a value, variables first and a negative constant subtracted
+    (`p - 3`, not `p + -3`)."""
+    ordered = sorted(terms, key=lambda t: (t.is_number, str(t)))
+    if not ordered:
+        return Const(0.0)
+    result = index_value(ordered[0])
+    for term in ordered[1:]:
+        if term.is_number and term < 0:
+            result = Call("sub", (result, index_value(-term)))
+        else:
+            result = Call("add", (result, index_value(term)))
+    return result
+
+
+def _literal(atom: Expr, truth: bool) -> Expr:
+    """`atom` when `truth`, else its negation, in canonical form."""
+    assert isinstance(atom, Call)
+    return _canonical(atom if truth else Call(_NEGATED[atom.op], atom.args))
+
+
+def _from_table(atoms: list[Expr], visible: list[tuple[bool, ...]]) -> Expr:
+    """A predicate true exactly on the `visible` truth assignments of `atoms`: the conjunction
+    of literals for one assignment, or its negation's complement, else a disjunction."""
+
+    def conjunction(truth: tuple[bool, ...]) -> Expr:
+        return _join("and", [_literal(a, t) for a, t in zip(atoms, truth, strict=True)])
+
+    hidden = [t for t in itertools.product((False, True), repeat=len(atoms)) if t not in visible]
+    if len(hidden) == 1 and len(visible) > 1:
+        return _join("or", [_literal(a, not t) for a, t in zip(atoms, hidden[0], strict=True)])
+    return _join("or", [conjunction(t) for t in visible])
+
+
+def _join(op: str, parts: list[Expr]) -> Expr:
+    result = parts[0]
+    for part in parts[1:]:
+        result = Call(op, (result, part))
+    return result
