@@ -79,6 +79,7 @@ class SiteReport:
     passes: tuple[int, int] | None = None
     """The cascade's pass count over the key sequence as recognized and as compiled."""
     cascade: str = ""
+    """The compiled cascade, as text IR."""
 
     def line(self) -> str:
         if not self.compiled:
@@ -171,7 +172,7 @@ def _compile_site(graph: fx.Graph, site: Site, options: BackendOptions) -> SiteR
         compiled=True,
         spec=site.spec.describe(),
         passes=(_passes(written), _passes(compiled)),
-        cascade=print_cascade(cascade),
+        cascade=print_cascade(compiled),
     )
 
 
