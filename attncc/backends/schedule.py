@@ -12,6 +12,8 @@ running (FuseMax's Cascade 5, what the `flash` pipeline produces) is one loop ne
             body, in order                        # scores, row max, exp, row sums, updates
         epilogue                                  # AV = RNV / RD
 
+Einsums of the key loop need not vary with the query: key-side values (linear attention's
+phi(K), its total of phi(K)^T V over the key tiles) are computed in every query tile's loop.
 `schedule` sorts the Einsums into those roles and refuses, with the reason, a cascade that is
 not in this form; emitters never guess.
 """
@@ -104,8 +106,9 @@ def schedule(cascade: Cascade, *, query_tile: int = 64) -> Schedule:
                 f"Einsum {einsum.tensor} runs over {einsum.iterative_index}, not the key tiles "
                 f"{outer}: a one-pass loop nest has one loop"
             )
-    grid = frozenset.intersection(*(e.lhs_vars for e in body)) - {outer} if body else frozenset()
-    query = _query(cascade, sparse, grid)
+    common = frozenset.intersection(*(e.lhs_vars for e in body)) - {outer} if body else frozenset()
+    query = _query(cascade, sparse, common, part)
+    grid = common & frozenset(_output_vars(cascade))
     after_loop = {e.tensor for e in body}
     epilogue_list, prologue_list = [], []
     for einsum in (e for e in cascade.einsums if outer not in e.space):
@@ -161,17 +164,32 @@ def _is_load(cascade: Cascade, einsum: Einsum, part: Partition) -> bool:
     )
 
 
-def _query(cascade: Cascade, sparse: BlockSparse | None, grid: frozenset[str]) -> str:
-    """The parallel index cut into tiles: the block-sparse one, else the last parallel index
-    of the first output (P in AV[b,h,f,p])."""
-    if sparse is not None:
-        return sparse.query_index
+def _output_vars(cascade: Cascade) -> tuple[str, ...]:
+    """The index variables of the first output, in its layout order."""
     output = cascade.writer(cascade.outputs[0].name)
     assert output is not None, "verified cascades write their outputs"
-    candidates = [v for i in output.indices for v in sorted(index_vars(i)) if v in grid]
+    return tuple(v for i in output.indices for v in sorted(index_vars(i)))
+
+
+def _query(
+    cascade: Cascade, sparse: BlockSparse | None, common: frozenset[str], part: Partition
+) -> str:
+    """The parallel index cut into tiles: the block-sparse one; else the last index of the
+    first output that some Einsum of the key loop lacks (the loop makes values shared by
+    every query, such as phi(K) or linear attention's sum of phi(K)^T V) and that no input
+    of the key rank has (a head dimension, read whole: F in V[f,m]); else the last index of
+    the first output that every Einsum of the key loop has (P in AV[b,h,f,p])."""
+    if sparse is not None:
+        return sparse.query_index
+    outputs = _output_vars(cascade)
+    key_side = {
+        index_name(rank) for d in cascade.inputs if part.rank in d.ranks for rank in d.ranks
+    }
+    shared = [v for v in outputs if v not in common and v not in key_side]
+    candidates = shared or [v for v in outputs if v in common]
     if not candidates:
         raise LoweringError(
-            f"no index of {output.tensor} runs through every Einsum of the key loop: "
+            f"no index of {cascade.outputs[0].name} runs through every Einsum of the key loop: "
             "nothing to spread over a grid"
         )
     return candidates[-1]

@@ -6,10 +6,12 @@ Importing this package registers every pass (each module registers its own).
 from attncc.passes import (
     block_sparse,
     canonicalize,
+    chunk_causal,
     dce,
     defer_div,
     fuse,
     partition,
+    reassociate,
     running_reduce,
 )
 from attncc.passes.base import CascadePass, PassResult
@@ -25,11 +27,13 @@ __all__ = [
     "PassResult",
     "block_sparse",
     "canonicalize",
+    "chunk_causal",
     "dce",
     "defer_div",
     "fuse",
     "parse_pipeline",
     "partition",
+    "reassociate",
     "run_pipeline",
     "running_reduce",
 ]

@@ -29,6 +29,7 @@ from attncc.ir import (
     TensorDecl,
     format_index,
     index_symbol,
+    index_vars,
     replace_accesses,
     size_symbol,
     substitute,
@@ -42,8 +43,12 @@ from attncc.passes.registry import register
 @dataclass(frozen=True)
 class PartitionRank(CascadePass):
     """`rank`: the rank to tile (default: every rank some Einsum max-reduces, i.e. each
-    softmax's; failing that, the ranks the outputs reduce over, the key rank of attention
-    without normalization such as sigmoid attention); `tile`: its tile size."""
+    softmax's; failing that, the ranks only sums without the query index reduce (the last
+    index of the first output), the key rank of reassociated linear attention, whose sum of
+    phi(K)^T V serves every query; failing that, the ranks the outputs reduce over, the key
+    rank of attention without normalization such as sigmoid attention; failing that, the ranks
+    reduced by the sums an output is computed from elementwise, the key rank of normalized
+    linear attention, AV = QKV / QKS); `tile`: its tile size."""
 
     name = "partition"
     rank: str | None = None
@@ -73,7 +78,40 @@ class PartitionRank(CascadePass):
 def _default_ranks(cascade: Cascade) -> list[str]:
     maxed = _reduced_ranks(cascade, lambda e: e.reduce is ReduceOp.MAX)
     outputs = set(cascade.output_names())
-    return maxed or _reduced_ranks(cascade, lambda e: e.tensor in outputs)
+    return (
+        maxed
+        or _shared_totals(cascade)
+        or _reduced_ranks(cascade, lambda e: e.tensor in outputs)
+        or _reduced_ranks(cascade, lambda e: e.tensor in _read_elementwise(cascade, outputs))
+    )
+
+
+def _shared_totals(cascade: Cascade) -> list[str]:
+    """Ranks that only sums without the query index reduce: totals shared by every query."""
+    output = cascade.writer(cascade.outputs[0].name)
+    assert output is not None, "verified cascades write their outputs"
+    query = next((v for i in reversed(output.indices) for v in sorted(index_vars(i))), None)
+    if query is None:
+        return []
+    sums = [e for e in cascade.einsums if e.reduce is ReduceOp.SUM and e.reduced]
+    per_query = _reduced_ranks(cascade, lambda e: e in sums and query in e.lhs_vars)
+    shared = _reduced_ranks(cascade, lambda e: e in sums and query not in e.lhs_vars)
+    return [rank for rank in shared if rank not in per_query]
+
+
+def _read_elementwise(cascade: Cascade, outputs: set[str]) -> set[str]:
+    """The tensors the outputs read through Einsums that reduce nothing (QKV and QKS for
+    AV = QKV / QKS)."""
+    found: set[str] = set()
+    todo = sorted(outputs)
+    while todo:
+        writer = cascade.writer(todo.pop())
+        if writer is None or writer.reduced:
+            continue
+        fresh = writer.reads - found
+        found |= fresh
+        todo += sorted(fresh)
+    return found
 
 
 def _reduced_ranks(cascade: Cascade, chosen: Callable[[Einsum], bool]) -> list[str]:
