@@ -25,7 +25,7 @@ from attncc.analysis import (
     footprint,
 )
 from attncc.analysis.block_sparse import density_symbol
-from attncc.analysis.cost import OP_KINDS, tensor_elements
+from attncc.analysis.cost import OP_KINDS, points, tensor_elements
 from attncc.errors import AnalysisError
 from attncc.ir import Access, Call, Cascade, Einsum, indices_used, walk
 
@@ -127,16 +127,18 @@ def cascade_facts(
     else:
         passes = count_passes(cascade, roles.key)
     cost = {c.einsum: c for c in cascade_cost(cascade).einsums}
-    folded = {e.tensor: _constant_calls(e) for e in cascade.einsums}
+    adjusted = {e.tensor: _hardware_ops(cascade, e) for e in cascade.einsums}
     sparse_indices = {(s.key_tile_index, s.query_index) for s in cascade.sparse}
     einsums = []
     for einsum in cascade.einsums:
-        ops = []
-        for kind, count in cost[einsum.tensor].ops:
-            # Operations over no index (rsqrt(E)) are constants, folded before the hardware runs.
-            remaining = sympy.expand(count - folded[einsum.tensor].get(kind, 0))
-            if remaining != 0:
-                ops.append((kind, Formula(remaining)))
+        counts = dict(cost[einsum.tensor].ops)
+        for kind, change in adjusted[einsum.tensor].items():
+            counts[kind] = counts.get(kind, sympy.Integer(0)) + change
+        ops = [
+            (kind, Formula(sympy.expand(count)))
+            for kind, count in sorted(counts.items())
+            if sympy.expand(count) != 0
+        ]
         reads = tuple(dict.fromkeys(a.tensor for a in einsum.read_accesses()))
         sparse = any({k, q} <= einsum.space for k, q in sparse_indices)
         number = passes.placement(einsum.tensor).pass_number
@@ -221,16 +223,34 @@ def _scaled(cascade: Cascade, ranks: tuple[str, ...], elements: sympy.Expr) -> s
     return elements
 
 
-def _constant_calls(einsum: Einsum) -> dict[str, int]:
-    """Map operators over no index and no tensor: evaluated once, at compile time."""
-    found: dict[str, int] = {}
+def _hardware_ops(cascade: Cascade, einsum: Einsum) -> dict[str, sympy.Expr]:
+    """Changes to the cost analysis's counts for hardware: map operators over no index and no
+    tensor (rsqrt(E)) are constants, folded before the hardware runs; a mask over coordinates
+    only (m1*M0 + m0 <= p) is one comparison per point, made on the coordinates the PE's loop
+    counters hold, not arithmetic on data (its additions and `and`s are address logic)."""
+    change: dict[str, sympy.Expr] = {}
+
+    def drop(node: Call) -> None:
+        kind = OP_KINDS[node.op]
+        change[kind] = change.get(kind, sympy.Integer(0)) - points(cascade, indices_used(node))
+
     for part in einsum.parts():
         for node in walk(part):
-            reads = isinstance(node, Call) and any(isinstance(n, Access) for n in walk(node))
+            reads = any(isinstance(n, Access) for n in walk(node))
             if isinstance(node, Call) and not indices_used(node) and not reads:
-                kind = OP_KINDS[node.op]
-                found[kind] = found.get(kind, 0) + 1
-    return found
+                drop(node)
+    predicate = einsum.filter.predicate if einsum.filter is not None else None
+    if predicate is not None and not any(isinstance(n, Access) for n in walk(predicate)):
+        for node in walk(predicate):
+            if isinstance(node, Call) and indices_used(node):
+                drop(node)
+        compare = change.get("compare", sympy.Integer(0))
+        change["compare"] = compare + points(cascade, indices_used(predicate))
+    share = sympy.Integer(1)
+    for sparse in cascade.sparse:
+        if {sparse.key_tile_index, sparse.query_index} <= einsum.space:
+            share *= density_symbol(sparse)
+    return {kind: sympy.expand(share * value) for kind, value in change.items()}
 
 
 def _views(cascade: Cascade) -> list[tuple[str, str]]:

@@ -2,7 +2,7 @@
 cascade's Einsums are grouped into phases that overlap or take turns.
 
 - Binding: by default each Einsum goes to the array that supports all its operations and
-  spreads its iteration space over the most PEs (FuseMax: the tile's scores, max, exp and sums
+  keeps the most PEs busy (FuseMax: the tile's scores, max, exp and sums
   on the 2-D array; the running updates over tiles, whose points lack the key tile, on the 1-D
   one; FLAT: only contractions on its MAC array, the softmax on the 1-D unit).
 - Spatial mapping: each array dimension takes a role, `key` (the key tile, M0) or `query`
@@ -234,7 +234,10 @@ def _bindings(
                 f"{arch.name} ({arch.source}) runs all of them: add the missing operations to "
                 "an array's ops"
             )
-        best = max(able, key=lambda a: efficiency(einsum, a, spatial[a.name], tiles))
+        # The most busy PEs; on a tie the array it fills (RM on the 1-D array, not on one
+        # column of the 2-D one).
+        shares = {a.name: efficiency(einsum, a, spatial[a.name], tiles) for a in able}
+        best = max(able, key=lambda a: (a.pes * shares[a.name], shares[a.name]))
         chosen[einsum.name] = best.name
     return chosen
 

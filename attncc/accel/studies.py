@@ -181,9 +181,13 @@ def format_summary(summary: dict[str, float]) -> str:
     width = max(len(LABELS[k]) for k in summary)
     lines = [f"{'':{width}}  {'attncc':>8}  {'paper':>8}"]
     for key, value in summary.items():
-        paper = f"{PAPER[key]:8.3g}" if key in PAPER else f"{'-':>8}"
-        lines.append(f"{LABELS[key]:{width}}  {value:8.3g}  {paper}")
+        paper = _number(PAPER[key]) if key in PAPER else "-"
+        lines.append(f"{LABELS[key]:{width}}  {_number(value):>8}  {paper:>8}")
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

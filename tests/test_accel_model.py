@@ -1,0 +1,215 @@
+"""The accelerator model: the FuseMax paper's evaluation reproduced within the stated
+tolerances, and results that follow the cascade (passes, masks), the mapping and the spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from attncc.accel import Result, Workload, architecture_from_dict, evaluate, load_architecture
+from attncc.accel.spec import preset_text
+from attncc.accel.studies import LENGTHS, MODELS, PAPER, Point, run_study, study_cascades, summarize
+from attncc.analysis import count_passes
+from attncc.frontends.library import attention_1pass, attention_2pass, attention_3pass
+from attncc.frontends.masks import sliding_window
+from attncc.passes import run_pipeline
+
+FLASH = "defer-div,partition(rank=M,tile=256),running-reduce,dce"
+
+
+def bert(length: int) -> Workload:
+    return Workload("BERT", (("M", length), ("P", length), ("E", 64), ("F", 64)), 64 * 12)
+
+
+@pytest.fixture(scope="module")
+def study() -> list[Point]:
+    return run_study(causal=True)
+
+
+@pytest.fixture(scope="module")
+def summary(study: list[Point]) -> dict[str, float]:
+    return summarize(study)
+
+
+def test_study_covers_the_papers_points(study: list[Point]) -> None:
+    designs = {p.design for p in study}
+    assert designs == {"unfused", "flat", "fusemax", "flat-causal", "fusemax-causal"}
+    assert len(study) == len(designs) * len(MODELS) * len(LENGTHS) == 120
+    assert LENGTHS[0] == 2**10 and LENGTHS[-1] == 2**20
+
+
+def test_fusemax_speedup_over_flat_within_ten_percent(summary: dict[str, float]) -> None:
+    assert summary["speedup_vs_flat"] == pytest.approx(PAPER["speedup_vs_flat"], rel=0.10)
+
+
+def test_fusemax_energy_ratio_over_flat_within_three_hundredths(summary: dict[str, float]) -> None:
+    assert abs(summary["energy_vs_flat"] - PAPER["energy_vs_flat"]) <= 0.03
+
+
+def test_fusemax_speedup_over_unfused_near_the_paper(summary: dict[str, float]) -> None:
+    assert summary["speedup_vs_unfused"] == pytest.approx(PAPER["speedup_vs_unfused"], rel=0.10)
+
+
+def test_utilization_targets(study: list[Point]) -> None:
+    by = {(p.design, p.model, p.length): p.result for p in study}
+    for model in MODELS:
+        assert by[("fusemax", model.name, 2**10)].util("2d") > 0.85
+        for length in LENGTHS:
+            if length >= 2**14:
+                assert by[("fusemax", model.name, length)].util("2d") > 0.95
+            flat = by[("flat", model.name, length)].util("2d")
+            if model.head_dim == 64:
+                # FLAT's MAC array waits for its softmax unit: E / (4 x 256) of the time busy.
+                assert 0.10 <= flat <= 0.13
+                if length <= 2**16:
+                    assert flat == pytest.approx(0.125, rel=0.01)
+
+
+def test_fusemax_traffic_matches_the_artifact(study: list[Point]) -> None:
+    """K and V are read once per chunk of resident query rows, chunks sized by the 16 MiB
+    buffer as the artifact sizes P1: its pregenerated traffic, byte for byte."""
+    by = {(p.design, p.model, p.length): p.result for p in study}
+    assert by[("fusemax", "BERT", 2**10)].dram_bytes == 402653184
+    assert by[("fusemax", "BERT", 2**20)].dram_bytes == 6803228196864
+    assert by[("fusemax", "XLM", 2**20)].dram_bytes == 35734127902720
+
+
+def test_three_pass_cascade_on_the_fusemax_array_is_slower_with_more_traffic() -> None:
+    """The pass analysis says the 3-pass cascade must hold fibers of QK and SN of length M or
+    spill them, and divides M*P times instead of F*P: the model shows both."""
+    arch = load_architecture("fusemax")
+    three = attention_3pass(scale=1.0)
+    one = run_pipeline(three, FLASH)[0]
+    assert count_passes(three, "M").passes == 3
+    assert count_passes(one, "M1", parent="M", level="outer").passes == 1
+    for length in (2**12, 2**16, 2**20):
+        slow, fast = evaluate(three, arch, bert(length)), evaluate(one, arch, bert(length))
+        assert slow.latency > 1.5 * fast.latency
+        assert slow.dram_bytes >= fast.dram_bytes
+        assert slow.energy_pj > fast.energy_pj
+    long_slow, long_fast = evaluate(three, arch, bert(2**20)), evaluate(one, arch, bert(2**20))
+    assert long_slow.phases[0].residency.spilled > 0.9
+    assert long_slow.dram_bytes > 100 * long_fast.dram_bytes
+
+
+def test_more_passes_more_traffic_at_long_lengths() -> None:
+    """3 > 2 > 1 passes: each extra pass re-reads a spilled fiber of length M."""
+    arch = load_architecture("fusemax")
+    work = bert(2**18)
+    traffic = [
+        evaluate(c, arch, work).dram_bytes
+        for c in (
+            attention_3pass(scale=1.0),
+            attention_2pass(scale=1.0),
+            attention_1pass(scale=1.0, tile=256),
+        )
+    ]
+    assert traffic[0] > traffic[1] > traffic[2]
+
+
+def test_causal_cascade_does_about_half_the_work(study: list[Point]) -> None:
+    by = {(p.design, p.model, p.length): p.result for p in study}
+    for model in MODELS:
+        for length in (2**16, 2**18, 2**20):
+            dense, causal = (
+                by[("fusemax", model.name, length)],
+                by[("fusemax-causal", model.name, length)],
+            )
+            assert causal.latency / dense.latency == pytest.approx(0.5, abs=0.02)
+            assert causal.energy_pj < 0.6 * dense.energy_pj
+            macs = sum(dict(e.ops).get("mac", 0.0) for e in causal.einsums)
+            dense_macs = sum(dict(e.ops).get("mac", 0.0) for e in dense.einsums)
+            assert macs / dense_macs == pytest.approx(0.5, abs=0.01)
+        # FLAT's 3-pass cascade cannot skip tiles: causal costs it as much as dense.
+        flat, flat_causal = by[("flat", model.name, 2**16)], by[("flat-causal", model.name, 2**16)]
+        assert flat_causal.latency >= flat.latency
+
+
+def test_causal_prefill_widens_fusemax_lead(summary: dict[str, float]) -> None:
+    assert summary["causal_speedup_vs_flat"] > 1.5 * summary["speedup_vs_flat"]
+    assert summary["causal_energy_vs_flat"] < summary["energy_vs_flat"]
+
+
+def test_sliding_window_work_follows_the_window() -> None:
+    arch = load_architecture("fusemax")
+    cascades = [
+        run_pipeline(
+            attention_3pass(scale=1.0, mask=sliding_window(w)),
+            f"{FLASH},block-sparse(query_tile=256)",
+        )[0]
+        for w in (1024, 4096)
+    ]
+    narrow, wide = (evaluate(c, arch, bert(2**16)) for c in cascades)
+    dense = evaluate(study_cascades()["fusemax"], arch, bert(2**16))
+    assert narrow.latency < wide.latency < dense.latency / 4
+    assert narrow.dram_bytes < wide.dram_bytes
+
+
+def test_default_bindings_follow_the_arrays_operations() -> None:
+    fusemax = evaluate(study_cascades()["fusemax"], load_architecture("fusemax"), bert(4096))
+    bound = dict(fusemax.mapping.bindings)
+    assert [bound[n] for n in ("QK", "LM", "SN", "LSD", "LSNV")] == ["2d"] * 5
+    assert [bound[n] for n in ("RM", "PRM", "PSD", "RSD", "PSNV", "RSNV", "AV")] == ["1d"] * 7
+    assert "BK" not in bound
+    flat = evaluate(attention_3pass(scale=1.0), load_architecture("flat"), bert(4096))
+    assert dict(flat.mapping.bindings) == {
+        "QK": "2d",
+        "GM": "1d",
+        "SN": "1d",
+        "SD": "1d",
+        "A": "1d",
+        "AV": "2d",
+    }
+    unfused = evaluate(attention_3pass(scale=1.0), load_architecture("unfused"), bert(4096))
+    assert unfused.mapping.phases == (("QK",), ("GM", "SN", "SD", "A"), ("AV",))
+
+
+def test_serialized_binding_is_slower_than_pipelined() -> None:
+    cascade, arch = study_cascades()["fusemax"], load_architecture("fusemax")
+    pipelined = evaluate(cascade, arch, bert(2**14))
+    serialized = evaluate(cascade, arch, bert(2**14), {"overlap": "serialized"})
+    assert serialized.latency == pytest.approx(
+        sum(s for _, s in pipelined.phases[0].compute_s), rel=1e-9
+    )
+    assert serialized.latency > 1.9 * pipelined.latency
+    assert serialized.util("2d") < 0.55
+
+
+def test_resident_query_tiles_set_key_value_traffic() -> None:
+    """P1 query tiles resident: K and V are read P / (256 P1) times."""
+    cascade, arch = study_cascades()["fusemax"], load_architecture("fusemax")
+    one = evaluate(cascade, arch, bert(2**16), {"tiles": {"P1": 1}})
+    eight = evaluate(cascade, arch, bert(2**16), {"tiles": {"P1": 8}})
+    kv_reads = 2 * 64 * 2**16 * 2 * 768  # K and V, 16-bit words, every instance
+    assert one.dram_bytes - eight.dram_bytes == pytest.approx(kv_reads * (256 - 32), rel=1e-6)
+    default = evaluate(cascade, arch, bert(2**16))
+    assert default.phases[0].residency.query_tiles == 128  # the artifact's P1 rule
+
+
+def test_results_follow_the_spec() -> None:
+    data: dict[str, Any] = yaml.safe_load(preset_text("fusemax"))
+    cascade = study_cascades()["fusemax"]
+    base = evaluate(cascade, architecture_from_dict(data), bert(2**14))
+    data["arrays"]["2d"]["shape"] = [128, 128]
+    data["arrays"]["1d"]["shape"] = [128]
+    smaller = evaluate(cascade, architecture_from_dict(data), bert(2**14), {"tiles": {"P0": 128}})
+    assert smaller.latency == pytest.approx(4 * base.latency, rel=0.05)
+    data = yaml.safe_load(preset_text("flat"))
+    data["dram"]["bandwidth_bytes_per_s"] /= 8
+    starved = evaluate(attention_3pass(scale=1.0), architecture_from_dict(data), bert(2**20))
+    assert starved.phases[0].bound == "dram"
+    assert starved.util("1d") < 0.2
+
+
+def test_result_row_and_breakdown() -> None:
+    result: Result = evaluate(study_cascades()["fusemax"], load_architecture("fusemax"), bert(4096))
+    row = result.row()
+    assert row["design"] == "fusemax" and row["latency_s"] == result.latency
+    assert row["util_2d"] == result.util("2d")
+    assert sum(
+        v for k, v in row.items() if k.startswith("energy_") and k != "energy_pj"
+    ) == pytest.approx(result.energy_pj)
+    assert sum(e.energy_pj for e in result.einsums) < result.energy_pj
+    assert result.phases[0].bound == "1d"
