@@ -60,11 +60,6 @@ class Roles:
     query: str
     instances: tuple[str, ...]
 
-    @property
-    def traversal(self) -> str:
-        """The rank whose passes go to memory: the tiles of a partitioned key rank."""
-        return self.outer or self.key
-
 
 @dataclass(frozen=True)
 class EinsumFacts:
@@ -82,13 +77,12 @@ class EinsumFacts:
 @dataclass(frozen=True)
 class LiveFacts:
     """A value pass `pass_number` holds: `per_row` elements for each query row (a fiber: its
-    length), read in that pass by `readers`; `elements` in all."""
+    length), read in that pass by `readers` (a running value: by its own update)."""
 
     tensor: str
     kind: LiveKind
     pass_number: int
     per_row: Formula
-    elements: Formula
     readers: tuple[str, ...]
 
 
@@ -282,7 +276,6 @@ def _live(cascade: Cascade, roles: Roles, passes: RankPasses) -> tuple[LiveFacts
                     live.kind,
                     number,
                     Formula(live.elements.subs(ones)),
-                    Formula(live.elements),
                     readers,
                 )
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,8 @@ class Architecture:
     clock: float
     data_bytes: int
     energy: tuple[tuple[str, float], ...]
-    mapping: tuple[tuple[str, Any], ...] = ()
+    # Mapping hints hold YAML lists and mappings: compared, but left out of the hash.
+    mapping: tuple[tuple[str, Any], ...] = field(default=(), hash=False)
     source: str | None = None
 
     def array(self, name: str) -> PEArray | None:

@@ -49,10 +49,6 @@ class Residency:
     tile_words: float
     spilled: float
 
-    @property
-    def resident_words(self) -> float:
-        return self.rows * self.query_tiles * self.row_words + self.tile_words
-
 
 @dataclass(frozen=True)
 class PhaseTraffic:
