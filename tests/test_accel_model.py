@@ -213,3 +213,13 @@ def test_result_row_and_breakdown() -> None:
     ) == pytest.approx(result.energy_pj)
     assert sum(e.energy_pj for e in result.einsums) < result.energy_pj
     assert result.phases[0].bound == "1d"
+
+
+def test_an_array_spreads_another_roles_index_when_the_einsum_lacks_its_own() -> None:
+    """FLAT's 1-D unit spreads a softmax row's keys; the 1-pass cascade's running updates
+    (RM[m1,p], ...) have no key within a tile, so they spread their queries instead."""
+    result = evaluate(study_cascades()["fusemax"], load_architecture("flat"), bert(4096))
+    assert dict(result.mapping.bindings)["RM"] == "1d"
+    assert result.phases[0].bound == "1d"
+    assert result.util("1d") > 0.95
+    assert result.phases[0].residency.rows == 256

@@ -6,7 +6,8 @@ cascade's Einsums are grouped into phases that overlap or take turns.
   on the 2-D array; the running updates over tiles, whose points lack the key tile, on the 1-D
   one; FLAT: only contractions on its MAC array, the softmax on the 1-D unit).
 - Spatial mapping: each array dimension takes a role, `key` (the key tile, M0) or `query`
-  (the query tile, P0); an Einsum that lacks that index leaves the dimension idle.
+  (the query tile, P0); an Einsum that lacks that index spreads the other role's index there
+  if no other dimension does, else leaves the dimension one PE wide.
 - Phases: `fused` puts every Einsum in one phase, whose intermediates stay on chip (what must
   outlive a pass is held in the buffer, or spilled when it does not fit); `per-array` starts a
   phase whenever the array changes, in fusion-group order, and every intermediate that
@@ -110,14 +111,28 @@ def plan(
     )
 
 
+def spread(
+    space: frozenset[str], spatial: tuple[str, ...], tiles: MappingType[str, int]
+) -> tuple[str | None, ...]:
+    """The index each array dimension spreads for an Einsum iterating `space`: the dimension's
+    own role's index, else another role's index the Einsum has and no other dimension spreads
+    (the running updates over tiles lack the key tile: they spread their queries over a 1-D
+    array whose softmax rows spread keys); None leaves the dimension one PE wide."""
+    chosen: list[str | None] = [index if index in space else None for index in spatial]
+    for k, index in enumerate(chosen):
+        if index is None:
+            chosen[k] = next((c for c in tiles if c in space and c not in chosen), None)
+    return tuple(chosen)
+
+
 def efficiency(
-    einsum: EinsumFacts, array: PEArray, spatial: tuple[str, ...], tiles: dict[str, int]
+    einsum: EinsumFacts, array: PEArray, spatial: tuple[str, ...], tiles: MappingType[str, int]
 ) -> float:
-    """The share of the array's PEs an Einsum's points occupy: a dimension whose index the
-    Einsum lacks runs one PE wide; a tile narrower than the dimension leaves PEs idle."""
+    """The share of the array's PEs an Einsum's points occupy: a dimension that spreads no
+    index of the Einsum runs one PE wide; a tile narrower than the dimension leaves PEs idle."""
     share = 1.0
-    for extent, index in zip(array.shape, spatial, strict=True):
-        used = min(extent, tiles[index]) if index in einsum.space else 1
+    for extent, index in zip(array.shape, spread(einsum.space, spatial, tiles), strict=True):
+        used = min(extent, tiles[index]) if index is not None else 1
         share *= used / extent
     return share
 

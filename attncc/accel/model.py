@@ -242,9 +242,7 @@ def _einsum(
     cycles = (
         sum(busy.values()) if array.issue is Issue.SEQUENTIAL else max(busy.values(), default=0.0)
     )
-    tiles = {
-        index: int(min(mapping.tile(index), sizes.of(index))) for index in mapping.spatial_of(name)
-    }
+    tiles = {index: int(min(tile, sizes.of(index))) for index, tile in mapping.tiles}
     share = efficiency(einsum, array, mapping.spatial_of(name), tiles)
     seconds = cycles / (array.pes * share) / arch.clock
     useful = cycles / array.pes / arch.clock

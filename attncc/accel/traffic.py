@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from attncc.accel.facts import CascadeFacts, EinsumFacts
 from attncc.accel.mapping import Mapping as AccelMapping
+from attncc.accel.mapping import spread
 from attncc.accel.spec import Architecture, SpecError
 from attncc.analysis import LiveKind
 
@@ -195,11 +196,13 @@ def _residency(
     roles = facts.roles
     query = roles.query.lower()
     length = sizes.values[roles.query]
-    arrays = {mapping.array_of(n) for n in members} - {None}
-    rows = max(
-        (mapping.tile(query) for a in arrays if query in mapping.spatial_of(str(a))), default=1
-    )
-    rows = int(min(rows, length))
+    extents = dict(mapping.tiles)
+    spreads = [
+        spread(facts.einsum(n).space, mapping.spatial_of(array), extents)
+        for n in members
+        if (array := mapping.array_of(n)) is not None
+    ]
+    rows = int(min(max((extents[query] for s in spreads if query in s), default=1), length))
     per_row = {**dict(sizes.values), roles.query: 1.0}
     per_tile = {**per_row}
     per_tile[roles.key] = float(mapping.tile((roles.inner or roles.key).lower()))
@@ -259,8 +262,8 @@ def _operand_words(
     assert array is not None
     own = facts.indices(tensor) & einsum.space
     words = sizes.extent(frozenset(own))
-    for index in mapping.spatial_of(array):
-        if index in einsum.space and index not in own:
+    for index in spread(einsum.space, mapping.spatial_of(array), dict(mapping.tiles)):
+        if index is not None and index not in own:
             words *= math.ceil(sizes.of(index) / mapping.tile(index))
     if einsum.sparse:
         for name, value in sizes.values.items():
