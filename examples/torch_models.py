@@ -6,7 +6,7 @@ line name forward's parameters (x[batch, sequence, model dimension]):
 
     attncc import examples/torch_models.py:sdpa_attention --shapes x=2x16x64
     attncc import examples/torch_models.py:padded_attention --shapes x=2x16x64,bias=2x1x1x16
-    attncc import examples/torch_models.py:transformer_block --shapes x=2x16x64 --check
+    attncc import examples/torch_models.py:two_layer_transformer --shapes x=2x16x64 --check
 
 The modules spell attention in the ways models in the wild do: one call to
 scaled_dot_product_attention, or the softmax written out (matmul, scale, mask, softmax,
@@ -157,40 +157,43 @@ class TwoLayerTransformer(nn.Module):
         return self.blocks(x)
 
 
-def _seeded(module: nn.Module) -> nn.Module:
-    return module.eval()
+def _built(module: type[nn.Module], **options: bool) -> nn.Module:
+    """`module` with seeded weights, in eval mode (dropout off)."""
+    torch.manual_seed(0)
+    return module(**options).eval()
 
 
 def sdpa_attention() -> nn.Module:
-    torch.manual_seed(0)
-    return SdpaAttention().eval()
+    """Self-attention through scaled_dot_product_attention; x: [batch, sequence, 64]."""
+    return _built(SdpaAttention)
 
 
 def sdpa_causal_attention() -> nn.Module:
-    torch.manual_seed(0)
-    return SdpaAttention(causal=True).eval()
+    """The same, with is_causal=True."""
+    return _built(SdpaAttention, causal=True)
 
 
 def decomposed_causal_attention() -> nn.Module:
-    torch.manual_seed(0)
-    return DecomposedCausalAttention().eval()
+    """Causal attention written out, its mask built from arange; x: [batch, sequence, 64]."""
+    return _built(DecomposedCausalAttention)
 
 
 def tril_causal_attention() -> nn.Module:
-    torch.manual_seed(0)
-    return TrilCausalAttention().eval()
+    """Causal attention written out, its mask the lower triangle of ones."""
+    return _built(TrilCausalAttention)
 
 
 def gqa_attention() -> nn.Module:
-    torch.manual_seed(0)
-    return GroupedQueryAttention().eval()
+    """Grouped-query attention: 4 query heads, 2 key/value heads, repeat_kv."""
+    return _built(GroupedQueryAttention)
 
 
 def padded_attention() -> nn.Module:
-    torch.manual_seed(0)
-    return PaddedAttention().eval()
+    """Attention with an additive padding mask; x: [batch, sequence, 64], bias: [batch, 1, 1,
+    sequence]."""
+    return _built(PaddedAttention)
 
 
-def transformer_block() -> nn.Module:
-    torch.manual_seed(0)
-    return TwoLayerTransformer().eval()
+def two_layer_transformer() -> nn.Module:
+    """Two pre-norm transformer blocks (causal attention and an MLP each)."""
+    return _built(TwoLayerTransformer)

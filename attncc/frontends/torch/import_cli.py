@@ -22,7 +22,7 @@ out at the end.
 examples:
   attncc import examples/torch_models.py:sdpa_causal_attention --shapes x=2x16x64
   attncc import examples/torch_models.py:padded_attention --shapes x=2x16x64,bias=2x1x1x16 --check
-  attncc import examples/torch_models.py:transformer_block --shapes x=2x16x64 --emit mlir
+  attncc import examples/torch_models.py:two_layer_transformer --shapes x=2x16x64 --emit mlir
 """
 
 

@@ -25,8 +25,9 @@ class NoMatch(Exception):
 
 @dataclass(frozen=True)
 class SiteDims:
-    """Sizes of a site, with leading dimensions folded into one batch: query heads H, key/value
-    heads G (H / group under GQA), P queries, M keys, head dimensions E and F."""
+    """Sizes of a site: the last leading dim of the queries is the heads H (1 without leading
+    dims), the others fold into one batch B; key/value heads G (H / group under GQA), P queries,
+    M keys, head dimensions E and F."""
 
     batch: int
     heads: int

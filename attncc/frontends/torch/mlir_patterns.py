@@ -32,6 +32,7 @@ from attncc.frontends.torch.mlir_layout import (
 )
 from attncc.frontends.torch.mlir_masks import HIDING_FILL, MaskKind, MaskPredicate, mask_predicate
 from attncc.frontends.torch.mlir_ops import (
+    Use,
     constant_or,
     function_ops,
     is_float_tensor,
@@ -47,6 +48,7 @@ from attncc.ir import Call, Cascade, Const, Coord, Expr
 SDPA = "torch.aten.scaled_dot_product_attention"
 SOFTMAX = ("torch.aten.softmax.int", "torch.aten._softmax")
 MATMUL = ("torch.aten.matmul", "torch.aten.bmm")
+EINSUM = "torch.aten.einsum"
 CAUSAL = Call("le", (Coord("m"), Coord("p")))
 
 _SCALES = {"torch.aten.mul.Scalar", "torch.aten.div.Scalar", "torch.aten.mul.Tensor"}
@@ -68,9 +70,10 @@ class MaskTerm:
 
 @dataclass(frozen=True)
 class AttentionSite:
-    """One recognized attention. `query` is [..., p, e], `key` [..., m, e] (or [..., e, m] when
-    `key_transposed`), `value` [..., m, f] with the key/value heads before any repeat, `output`
-    [..., p, f]: the values whose data the cascade's Q, K, V and AV are."""
+    """One recognized attention: `op` is the SDPA call or the softmax, at `position` in the
+    function. `query` is [..., p, e], `key` [..., m, e] (or [..., e, m] when `key_transposed`),
+    `value` [..., m, f] with the key/value heads before any repeat, `output` [..., p, f]: the
+    values whose data the cascade's Q, K, V and AV are."""
 
     op: ir.Operation
     position: int
@@ -168,32 +171,37 @@ def _softmax(op: ir.Operation, position: int) -> AttentionSite:
             f"the softmax runs over dim {dim} of a {list(scores)} tensor, not over the last "
             "(key) dimension"
         )
-    weighted = _weighted_sum(op.result)
+    weighted, values = _weighted_sum(op.result)
     chain = _Chain()
-    product = _scores(scores_in, chain)
-    a, a_scale = _unscaled(product.operands[0])
-    b, b_scale = _unscaled(product.operands[1])
-    key, key_transposed = b, True
+    a, b, b_transposed = _scores(scores_in, chain)
+    a, a_scale = _unscaled(a)
+    b, b_scale = _unscaled(b)
+    # The key tensor is laid out [.., e, m] (the cascade's K[e, m]) as a matmul's right operand
+    # is, unless that operand transposes [.., m, e] keys or the einsum reads them so.
+    key, key_transposed = b, not b_transposed
     b_op = producer(b)
-    if b_op is not None and swaps_last_two(b_op):
-        key, key_transposed = b_op.operands[0], False
-    key, value = key_value(a, key, weighted.operands[1], key_transposed=key_transposed)
+    if not b_transposed and b_op is not None and swaps_last_two(b_op):
+        key, key_scale = _unscaled(b_op.operands[0])
+        key_transposed, b_scale = False, b_scale * key_scale
+    key, value = key_value(a, key, values, key_transposed=key_transposed)
     dims = site_dims(a, key, value, key_transposed=key_transposed)
     scale = chain.scale * a_scale * b_scale
     tensors = (a, key, value, weighted.result)
-    return _site(weighted, position, dims, tensors, key_transposed, scale, False, chain.masks)
+    return _site(op, position, dims, tensors, key_transposed, scale, False, chain.masks)
 
 
-def _weighted_sum(weights: ir.Value) -> ir.Operation:
-    """The matmul/bmm that multiplies the softmax's weights (its first operand) with values,
-    through dropout in eval mode, copies and batch reshapes."""
-    pending, seen = [weights], set()
+def _weighted_sum(weights: ir.Value) -> tuple[ir.Operation, ir.Value]:
+    """The product of the softmax's weights with values (weights @ values, by matmul, bmm or
+    einsum), through dropout in eval mode, copies and batch reshapes; and the values."""
+    pending, seen, consumers = [weights], set(), set()
     while pending:
         value = pending.pop()
-        for use in users(value):
+        for use in _product_uses(value):
             name = use.op.name
-            if name in MATMUL and use.index == 0:
-                return use.op
+            consumers.add(name)
+            product = _product(use.op) if use.index == 0 else None
+            if product is not None and not product[2]:
+                return use.op, product[1]
             if name == "torch.aten.dropout" and constant_or(use.op.operands[2], True) is True:
                 raise NoMatch(
                     "dropout is on after the softmax (training mode): attncc compiles "
@@ -204,20 +212,72 @@ def _weighted_sum(weights: ir.Value) -> ir.Operation:
                 if result not in seen:
                     seen.add(result)
                     pending.append(result)
-    raise NoMatch("the softmax's weights are not multiplied with a value tensor (matmul or bmm)")
+    used = f" (they go to {', '.join(sorted(consumers))})" if consumers else ""
+    raise NoMatch(
+        "the softmax's weights are not multiplied with a value tensor by matmul, bmm or "
+        f"einsum{used}"
+    )
 
 
-def _scores(x: ir.Value, chain: _Chain) -> ir.Operation:
-    """Follow the softmax's input back to the matmul of queries and keys, collecting scales
-    and masks into `chain`."""
+def _product_uses(value: ir.Value) -> list[Use]:
+    """The uses of `value`, with an einsum's operand list seen through: (einsum, i) for a
+    value that is the i-th tensor of its list."""
+    found = []
+    for use in users(value):
+        if use.op.name == "torch.prim.ListConstruct":
+            found += [Use(u.op, use.index) for u in users(use.op.result) if u.op.name == EINSUM]
+        else:
+            found.append(use)
+    return found
+
+
+def _product(op: ir.Operation) -> tuple[ir.Value, ir.Value, bool] | None:
+    """(a, b, transposed) when `op` computes a @ b (b [.., k, n]), or with `transposed`
+    a @ b^T (b [.., n, k]): a matmul, a bmm, or an einsum such as `bhqd,bhkd->bhqk`."""
+    if op.name in MATMUL:
+        return op.operands[0], op.operands[1], False
+    if op.name != EINSUM:
+        return None
+    equation, listed = constant_or(op.operands[0], None), producer(op.operands[1])
+    if not isinstance(equation, str) or listed is None or len(listed.operands) != 2:
+        return None
+    transposed = _einsum_matmul(equation)
+    return None if transposed is None else (listed.operands[0], listed.operands[1], transposed)
+
+
+def _einsum_matmul(equation: str) -> bool | None:
+    """Whether an einsum equation is L i c, L c j -> L i j (False: a matmul) or
+    L i c, L j c -> L i j (True: a matmul with the second operand transposed); None when it is
+    neither (L: the same batch indices, or `...`, on all three)."""
+    inputs, arrow, output = equation.replace(" ", "").partition("->")
+    terms = [_einsum_term(t) for t in (*inputs.split(","), output)]
+    if not arrow or len(terms) != 3 or any(len(t) < 2 for t in terms):
+        return None
+    (*lead, i, c), b, (*out_lead, i2, j) = terms
+    if lead != b[:-2] or lead != out_lead or i != i2 or len({i, c, j, *lead}) != len(lead) + 3:
+        return None
+    if b[-2:] == [c, j]:
+        return False
+    return True if b[-2:] == [j, c] else None
+
+
+def _einsum_term(term: str) -> list[str]:
+    """An einsum operand's indices, `...` as one index."""
+    return ["...", *term[3:]] if term.startswith("...") else list(term)
+
+
+def _scores(x: ir.Value, chain: _Chain) -> tuple[ir.Value, ir.Value, bool]:
+    """Follow the softmax's input back to the product of queries and keys (`_product`),
+    collecting scales and masks into `chain`."""
     for _ in range(64):
         x = peel(x)
         op = producer(x)
         name = op.name if op is not None else "a function argument"
         if op is None:
             break
-        if name in MATMUL:
-            return op
+        product = _product(op)
+        if product is not None:
+            return product
         factor = _scale_factor(op)
         if factor is not None:
             chain.scale *= factor[0]
@@ -234,11 +294,11 @@ def _scores(x: ir.Value, chain: _Chain) -> ir.Operation:
         chain.masks.append(MaskTerm(mask, kind, 1.0, shape_of(x), math.isfinite(fill)))
     raise NoMatch(
         f"the softmax's input comes from {name}, not from a scaled and masked product of "
-        "queries and keys (matmul or bmm)"
+        "queries and keys (matmul, bmm or einsum)"
     )
 
 
-def _added_mask(op: ir.Operation, chain: _Chain) -> ir.Operation:
+def _added_mask(op: ir.Operation, chain: _Chain) -> tuple[ir.Value, ir.Value, bool]:
     """`scores + mask`: whichever side leads back to a product of queries and keys is the
     scores, the other the mask."""
     a, b = op.operands[0], op.operands[1]

@@ -1,0 +1,127 @@
+"""Attention written the other ways models write it, for tests/test_mlir_import.py: each module
+takes q, k, v in PyTorch's layout [batch, heads, sequence, head_dim] unless its forward says
+otherwise. Some are not attention as attncc compiles it and must be reported with a reason.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Bmm(nn.Module):
+    """bmm over [batch * heads, sequence, head_dim], scaled by head_dim ** -0.5."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = torch.bmm(q, k.transpose(1, 2)) * q.shape[-1] ** -0.5
+        return torch.bmm(torch.softmax(scores, dim=-1), v)
+
+
+class ScaledOperands(nn.Module):
+    """The scale split over queries and keys before the product: 0.3 * 2.0 = 0.6."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.softmax((q * 0.3) @ (k * 2.0).transpose(-1, -2), dim=-1) @ v
+
+
+class SlidingWindow(nn.Module):
+    """A causal window of 3 keys from arange, filled with -1e9 (not -inf)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(q.shape[-2])
+        keep = (i[:, None] - i[None, :] < 3) & (i[None, :] <= i[:, None])
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        return F.softmax(scores.masked_fill(~keep, -1e9), dim=-1) @ v
+
+
+class TriuAdditiveMask(nn.Module):
+    """LLaMA's additive causal mask, full(-inf).triu(1), and a softmax in float32."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n = q.shape[-2]
+        mask = torch.full((n, n), float("-inf")).triu(1)
+        scores = q @ k.transpose(2, 3) / math.sqrt(q.shape[-1]) + mask
+        return F.softmax(scores.float(), dim=-1).type_as(q) @ v
+
+
+class PositionBias(nn.Module):
+    """A bias computed from positions that is not a mask (ALiBi-like): it stays a tensor."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(q.shape[-2])
+        scores = q @ k.transpose(-1, -2) + (i[None, :] - i[:, None]) * 0.5
+        return scores.softmax(-1) @ v
+
+
+class BooleanMask(nn.Module):
+    """SDPA with a boolean mask computed from data."""
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor
+    ) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m > 0)
+
+
+class RepeatInterleave(nn.Module):
+    """Grouped-query attention by repeat_interleave over the head dimension."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k, v = k.repeat_interleave(2, dim=1), torch.repeat_interleave(v, 2, dim=1)
+        return torch.softmax(q @ k.transpose(-1, -2) * 0.25, -1) @ v
+
+
+class Einsum(nn.Module):
+    """Both products as einsum, with `...` for the batch dims."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("...id,...jd->...ij", q, k) * 0.25
+        return torch.einsum("...ij,...jd->...id", scores.softmax(-1), v)
+
+
+class MultiheadAttention(nn.Module):
+    """torch.nn.MultiheadAttention, returning the weights too (its bmm/softmax path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mha = nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mha(x, x, x)[0]
+
+
+class SoftmaxOverQueries(nn.Module):
+    """Not attention: the softmax normalizes over queries."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-1, -2), dim=-2) @ v
+
+
+class WeightsOnly(nn.Module):
+    """Not attention: the weights are returned, never applied to values."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+
+
+class SdpaWithDropout(nn.Module):
+    """SDPA with dropout_p > 0: attncc compiles attention without dropout."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+
+
+class NoAttention(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+
+def raises() -> nn.Module:
+    raise ValueError("no weights for this size")
+
+
+def not_a_module() -> int:
+    return 3

@@ -1,0 +1,347 @@
+"""The torch-mlir importer (`attncc import`): every example module's attention is found with the
+right spec, at the right line, and its printed cascade, run by the reference interpreter on the
+tensors the module computed there, gives the module's own values; patterns that are not
+attention are reported with a reason; bad input gets a located error, not a traceback.
+
+Exports take about half a second each: every (module, shapes, dtype) is exported once per test
+process and shared (`imported`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from attncc.cli import main
+from attncc.errors import AttnccError
+from attncc.frontends.torch import mlir_import
+from attncc.frontends.torch.mlir_import import (
+    ImportResult,
+    check_site,
+    import_attention,
+    parse_input_shapes,
+)
+from attncc.frontends.torch.spec import AttentionSpec, MaskTensor
+from attncc.ir import Call, Const, Coord, parse, print_cascade
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "torch_models.py"
+MODELS = Path(__file__).resolve().parent / "mlir_import_models.py"
+QKV = "q=2x4x12x16,k=2x4x12x16,v=2x4x12x16"
+
+
+@functools.cache
+def imported(
+    factory: str, shapes: str, dtype: str = "f32", decompose: bool = False
+) -> ImportResult:
+    return import_attention(factory, shapes, dtype=dtype, decompose=decompose)
+
+
+def example(name: str) -> str:
+    return f"{EXAMPLES}:{name}"
+
+
+def model(name: str) -> str:
+    return f"{MODELS}:{name}"
+
+
+def line_of(text: str, path: Path = EXAMPLES, *, after: str | None = None) -> int:
+    """The line of `path` holding `text` (once, or first after the line holding `after`)."""
+    lines = list(enumerate(path.read_text().splitlines(), 1))
+    start = next(i for i, line in lines if after in line) if after else 0
+    found = [i for i, line in lines if text in line and i > start]
+    assert len(found) == 1 or (after and found), f"{text!r} is on lines {found} of {path}"
+    return found[0]
+
+
+CAUSAL = AttentionSpec(causal=True)
+EXAMPLE_SITES = {
+    # factory: (shapes, [(spec, op, source text of the line reported)])
+    "sdpa_attention": (
+        "x=2x12x64",
+        [(AttentionSpec(), "scaled_dot_product_attention", "y = F.scaled_dot_product_attention")],
+    ),
+    "sdpa_causal_attention": (
+        "x=2x12x64",
+        [(CAUSAL, "scaled_dot_product_attention", "y = F.scaled_dot_product_attention")],
+    ),
+    "decomposed_causal_attention": (
+        "x=2x12x64",
+        [(CAUSAL, "softmax.int", "weights = self.dropout(torch.softmax(scores, dim=-1))")],
+    ),
+    "tril_causal_attention": (
+        "x=2x12x64",
+        [(CAUSAL, "softmax.int", "torch.matmul(F.softmax(scores, dim=-1), v)")],
+    ),
+    "gqa_attention": (
+        "x=2x12x64",
+        [
+            (
+                AttentionSpec(causal=True, gqa_group=2),
+                "scaled_dot_product_attention",
+                "merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))",
+            )
+        ],
+    ),
+    "padded_attention": (
+        "x=2x12x64,bias=2x1x1x12",
+        [
+            (
+                AttentionSpec(mask_tensor=MaskTensor.ADDITIVE),
+                "softmax.int",
+                "weights = torch.softmax(scores + bias, dim=-1)",
+            )
+        ],
+    ),
+    "two_layer_transformer": (
+        "x=2x12x64",
+        [(CAUSAL, "scaled_dot_product_attention", "y = F.scaled_dot_product_attention")] * 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_SITES))
+def test_example_sites_are_found_with_their_spec_and_line(name: str) -> None:
+    shapes, expected = EXAMPLE_SITES[name]
+    result = imported(example(name), shapes)
+
+    assert not result.unrecognized
+    assert [s.spec for s in result.sites] == [spec for spec, _, _ in expected]
+    for site, (_, op, text) in zip(result.sites, expected, strict=True):
+        assert site.op.name == f"torch.aten.{op}"
+        assert f"torch_models.py:{line_of(text)}" in result.location(site)
+
+
+def test_sites_in_submodules_are_named_by_their_module_path() -> None:
+    result = imported(example("two_layer_transformer"), "x=2x12x64")
+
+    where = [result.location(s) for s in result.sites]
+    assert "in blocks.0.attention (SdpaAttention)" in where[0]
+    assert "in blocks.1.attention (SdpaAttention)" in where[1]
+
+
+def test_gqa_site_reads_the_key_value_heads_before_the_repeat() -> None:
+    (site,) = imported(example("gqa_attention"), "x=2x12x64").sites
+
+    assert (site.dims.heads, site.dims.kv_heads) == (4, 2)
+    assert "rank B, G, H = 2*G" in print_cascade(site.cascade())
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("name", sorted(EXAMPLE_SITES))
+def test_printed_cascades_compute_what_the_module_computes(name: str, dtype: str) -> None:
+    shapes, _ = EXAMPLE_SITES[name]
+    result = imported(example(name), shapes, dtype)
+
+    for site in result.sites:
+        cascade = site.cascade()
+        assert parse(print_cascade(cascade)) == cascade
+        checked = check_site(result.exported, site)
+        assert checked.ok
+        assert checked.error < (1e-5 if dtype == "f32" else 1e-12)
+
+
+@pytest.mark.parametrize(
+    "name", ["decomposed_causal_attention", "tril_causal_attention", "padded_attention"]
+)
+def test_core_aten_decompositions_give_the_same_sites(name: str) -> None:
+    """--decompose: bmm over flattened heads, aten._softmax, where.self."""
+    shapes, expected = EXAMPLE_SITES[name]
+    result = imported(example(name), shapes, decompose=True)
+
+    assert [s.op.name for s in result.sites] == ["torch.aten._softmax"]
+    assert [s.spec for s in result.sites] == [spec for spec, _, _ in expected]
+    assert all(check_site(result.exported, s).error < 1e-5 for s in result.sites)
+
+
+WINDOW = Call("ge", (Coord("m"), Call("sub", (Coord("p"), Const(2.0)))))
+MORE_SITES = {
+    # module: (shapes, spec)
+    "Bmm": ("q=8x12x16,k=8x12x16,v=8x12x16", AttentionSpec()),
+    "ScaledOperands": (QKV, AttentionSpec(scale=0.6)),
+    "SlidingWindow": (QKV, AttentionSpec(causal=True, predicate=WINDOW)),
+    "TriuAdditiveMask": (QKV, CAUSAL),
+    "PositionBias": (QKV, AttentionSpec(scale=1.0, mask_tensor=MaskTensor.ADDITIVE)),
+    "BooleanMask": (QKV + ",m=2x4x12x12", AttentionSpec(mask_tensor=MaskTensor.BOOLEAN)),
+    "RepeatInterleave": ("q=2x4x12x16,k=2x2x12x16,v=2x2x12x16", AttentionSpec(gqa_group=2)),
+    "Einsum": (QKV, AttentionSpec()),
+    "MultiheadAttention": ("x=2x12x32", AttentionSpec()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE_SITES))
+def test_other_spellings_of_attention(name: str) -> None:
+    shapes, spec = MORE_SITES[name]
+    result = imported(model(name), shapes)
+
+    (site,) = result.sites
+    assert replace(site.spec, scale=spec.scale) == spec
+    assert site.spec.scale == (None if spec.scale is None else pytest.approx(spec.scale))
+    assert check_site(result.exported, site).error < 1e-5
+
+
+def test_masks_are_explained_in_notes() -> None:
+    (window,) = imported(model("SlidingWindow"), QKV).sites
+    (bias,) = imported(model("PositionBias"), QKV).sites
+
+    assert window.spec.describe() == "scale=1/sqrt(E), causal, mask where m >= p - 2"
+    assert any("large finite value" in note for note in window.notes)
+    assert any("computed from positions stays a tensor" in note for note in bias.notes)
+
+
+def test_bmm_over_flattened_heads_reads_its_one_leading_dim_as_heads() -> None:
+    (site,) = imported(model("Bmm"), MORE_SITES["Bmm"][0]).sites
+
+    assert (site.dims.batch, site.dims.heads, site.dims.queries) == (1, 8, 12)
+
+
+UNRECOGNIZED = {
+    "SoftmaxOverQueries": (QKV, "not over the last (key) dimension"),
+    "WeightsOnly": ("q=2x4x12x16,k=2x4x12x16", "weights are not multiplied with a value tensor"),
+    "SdpaWithDropout": (QKV, "dropout_p=0.5: attncc compiles attention without dropout"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNRECOGNIZED))
+def test_unrecognized_patterns_are_reported_with_a_reason(name: str) -> None:
+    shapes, reason = UNRECOGNIZED[name]
+    result = imported(model(name), shapes)
+
+    assert not result.sites
+    (skipped,) = result.unrecognized
+    assert reason in skipped.reason
+    assert "mlir_import_models.py:" in result.location(skipped)
+
+
+# -- The command line. -------------------------------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(["import", *argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cli_prints_each_site_as_text_ir_with_its_check(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(
+        capsys, example("padded_attention"), "--shapes", "x=2x12x64,bias=2x1x1x12", "--check"
+    )
+
+    assert status == 0
+    assert "1 attention site" in out
+    line = line_of("weights = torch.softmax(scores + bias, dim=-1)")
+    assert f"# site 1: examples/torch_models.py:{line}, in PaddedAttention" in out
+    assert "# scale=1/sqrt(E), additive mask tensor" in out
+    assert "S[b,h,m,p] = QK[b,h,m,p] + BIAS[b,h,p,m]" in out
+    assert ": ok" in out and "MISMATCH" not in out
+    # The site's lines, headers and all, read back as the cascade.
+    (site,) = imported(example("padded_attention"), "x=2x12x64,bias=2x1x1x12").sites
+    body = out[out.index("# site 1") :]
+    assert parse(body) == site.cascade()
+
+
+def test_cli_check_mismatch_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(mlir_import.TOLERANCE, "f32", -1.0)
+
+    status, out, _ = run(capsys, example("sdpa_attention"), "--shapes", "x=2x12x64", "--check")
+
+    assert status == 1
+    assert "MISMATCH" in out
+
+
+def test_cli_emit_mlir(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(
+        capsys, example("gqa_attention"), "--shapes", "x=2x12x64", "--emit", "mlir"
+    )
+
+    assert status == 0
+    mlir = out[: out.index("# ")]
+    assert "func.func @main(%arg0: !torch.vtensor<[2,12,64],f32>" in mlir
+    assert "torch.aten.scaled_dot_product_attention" in mlir
+    assert "torch_models.py" in mlir  # locations
+    assert "GQA group 2" in out[len(mlir) :]
+
+
+def test_cli_reports_unrecognized_softmax_and_modules_without_attention(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, model("SoftmaxOverQueries"), "--shapes", QKV)
+    _, none, _ = run(capsys, model("NoAttention"), "--shapes", "x=3")
+
+    assert status == 0
+    assert "0 attention sites" in out
+    assert "# not recognized: " in out and "torch.aten.softmax.int: the softmax runs over" in out
+    assert "no softmax and no scaled_dot_product_attention" in none
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nope.py:f", "--shapes", "x=2"], "nope.py: no such file"),
+        ([str(EXAMPLES), "--shapes", "x=2"], "give FILE.py:FACTORY"),
+        ([example("missing"), "--shapes", "x=2"], "has no 'missing'; its factories"),
+        ([model("raises"), "--shapes", "x=2"], "raises() raised ValueError: no weights"),
+        ([model("not_a_module"), "--shapes", "x=2"], "returned int, not a torch.nn.Module"),
+        ([example("sdpa_attention"), "--shapes", "x=2xa"], "--shapes 'x=2xa': give NAME="),
+        ([example("sdpa_attention"), "--shapes", "x=2x0"], "(positive sizes)"),
+        ([example("sdpa_attention"), "--shapes", "y=2"], "names y, but SdpaAttention.forward"),
+        ([example("padded_attention"), "--shapes", "x=2x12x64"], "no shape for bias"),
+        (
+            [example("sdpa_attention"), "--shapes", "x=2x12x32"],
+            "forward(x: 2x12x32) raised RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+        ),
+    ],
+)
+def test_cli_errors_say_what_and_where(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    status, _, err = run(capsys, *argv)
+
+    assert status == 1
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_errors_point_at_the_users_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\n\nx = (\n")
+
+    with pytest.raises(AttnccError, match=r"importing it failed: SyntaxError: .* line 3"):
+        import_attention(f"{broken}:f", "x=2")
+    with pytest.raises(AttnccError, match=rf"mlir_import_models.py, line {_raise_line()}"):
+        import_attention(model("raises"), "x=2")
+    with pytest.raises(AttnccError, match=rf"torch_models.py, line {_linear_line()}"):
+        import_attention(example("sdpa_attention"), "x=2x12x32")
+
+
+def _raise_line() -> int:
+    return line_of('raise ValueError("no weights for this size")', MODELS)
+
+
+def _linear_line() -> int:
+    return line_of("self.qkv(x).chunk", after="class SdpaAttention")
+
+
+def test_parse_input_shapes() -> None:
+    assert parse_input_shapes("x=2x16x64, bias=2x1x1x16") == {
+        "x": (2, 16, 64),
+        "bias": (2, 1, 1, 16),
+    }
+    assert parse_input_shapes("n=7") == {"n": (7,)}
+    with pytest.raises(AttnccError, match="x is given twice"):
+        parse_input_shapes("x=2,x=3")
+    with pytest.raises(AttnccError, match="give NAME=DIMSxDIMS"):
+        parse_input_shapes("2x16x64")
+
+
+def test_scale_is_read_as_a_number_not_rounded() -> None:
+    (site,) = imported(model("ScaledOperands"), QKV).sites
+
+    assert site.spec.scale is not None
+    assert math.isclose(site.spec.scale, 0.3 * 2.0, rel_tol=1e-12)
