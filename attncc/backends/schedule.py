@@ -36,6 +36,7 @@ from attncc.ir import (
     Expr,
     Partition,
     as_index,
+    format_index,
     index_name,
     index_symbol,
     index_vars,
@@ -147,7 +148,32 @@ def _key_partition(cascade: Cascade) -> Partition:
             "a one-pass cascade runs over exactly one partitioned key rank (running updates or "
             f"totals over partition outer ranks: {found}); run the flash pipeline"
         )
+    _check_running_reads(cascade, parts[0])
     return parts[0]
+
+
+def _check_running_reads(cascade: Cascade, part: Partition) -> None:
+    """A running value over the key tiles is read at the current, the previous or the last
+    tile; a tile picked by another index (chunked causal linear attention's state read at the
+    query's own chunk, RFKV[e,f,p//M0]) needs a scan from one query tile to the next."""
+    outer = index_name(part.outer)
+    running = {e.tensor: e for e in cascade.einsums if e.iterative_index == outer}
+    for einsum in cascade.einsums:
+        for access in einsum.read_accesses():
+            writer = running.get(access.tensor)
+            if writer is None:
+                continue
+            step = next(k for k, i in enumerate(writer.indices) if outer in index_vars(i))
+            at = access.indices[step]
+            chosen_by = ", ".join(sorted(index_vars(at) - {outer}))
+            if chosen_by:
+                raise LoweringError(
+                    f"Einsum {einsum.tensor} reads the running value {access.tensor} at key tile "
+                    f"{format_index(at)}, chosen by {chosen_by}: "
+                    "each query tile would start from the value another one ends with, a scan "
+                    "over the query tiles that the loop nest (query tiles in parallel, each "
+                    "over its own key tiles) does not have"
+                )
 
 
 def _is_load(cascade: Cascade, einsum: Einsum, part: Partition) -> bool:

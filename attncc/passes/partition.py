@@ -77,11 +77,16 @@ class PartitionRank(CascadePass):
 
 def _default_ranks(cascade: Cascade) -> list[str]:
     maxed = _reduced_ranks(cascade, lambda e: e.reduce is ReduceOp.MAX)
+    if maxed:
+        return maxed
     outputs = set(cascade.output_names())
+    by_outputs = _reduced_ranks(cascade, lambda e: e.tensor in outputs)
+    if cascade.partitions:
+        # The rules for linear attention look for its key rank; here it is tiled already.
+        return by_outputs
     return (
-        maxed
-        or _shared_totals(cascade)
-        or _reduced_ranks(cascade, lambda e: e.tensor in outputs)
+        _shared_totals(cascade)
+        or by_outputs
         or _reduced_ranks(cascade, lambda e: e.tensor in _read_elementwise(cascade, outputs))
     )
 
