@@ -18,8 +18,10 @@ A sum C over keys R that reads the scores S (a sum of products) is rewritten whe
 (2) S has no filter: a causal mask ties key m to query p, so the keys cannot be summed once
     for every query (`chunk-causal` handles the causal case);
 (3) every reader of S is such a sum (otherwise S must still be computed and nothing is saved);
-(4) the new sum over R lacks an index of C: it is shared by every value of that index (the
-    queries p); a factor over both the keys and the queries (a bias, a decay) prevents that.
+(4) the new sum over R does not vary with the query (the last index of the first output, P
+    in AV[..., f, p]), so it serves every query; a factor over both the keys and the queries
+    (a bias, a decay) prevents that, and so does it keep the pass from undoing its own work
+    (summing phi(K)^T V over the features e again gives back the scores).
 The scores S go once nothing reads them. The pass works as well on a partitioned key rank (C
 summing over m1, m0: `partition,reassociate`). Lowered, the sums over the keys are totals over
 the key tiles, read after the key loop; the loop nest computes them once per query tile.
@@ -80,7 +82,7 @@ class Reassociate(CascadePass):
             found = score_sums(cascade, scores)
             if not found:
                 continue
-            refusal = _refusal(scores, found)
+            refusal = _refusal(scores, found, query_index(cascade))
             if refusal is not None:
                 remarks.append(refusal)
                 continue
@@ -159,7 +161,7 @@ def _vars_of(expr: Expr) -> frozenset[str]:
     return frozenset(ordered_vars([expr]))
 
 
-def _refusal(scores: Einsum, found: list[ScoreSum | str]) -> str | None:
+def _refusal(scores: Einsum, found: list[ScoreSum | str], query: str | None) -> str | None:
     name = scores.tensor
     reasons = [f for f in found if isinstance(f, str)]
     if reasons:
@@ -171,16 +173,26 @@ def _refusal(scores: Einsum, found: list[ScoreSum | str]) -> str | None:
             "queries, so the keys cannot be summed once for all queries; for a causal mask "
             "run chunk-causal"
         )
+    if query is None:
+        return f"{name} kept: the first output has no index, so no query to share sums among"
     for split in found:
         assert isinstance(split, ScoreSum)
-        consumer = split.consumer
-        if consumer.lhs_vars <= set(split.state_vars):
+        if query in split.state_vars:
             varying = ", ".join(format_expr(f) for f in split.keyed)
+            keys = ", ".join(sorted(split.keys))
             return (
-                f"{name} kept: in {consumer.tensor} the factors over the keys ({varying}) vary "
-                f"with every index of {consumer.tensor}: summing them first shares nothing"
+                f"{name} kept: in {split.consumer.tensor} the factors over {keys} ({varying}) "
+                f"vary with the query {query}: their sum would serve one query only"
             )
     return None
+
+
+def query_index(cascade: Cascade) -> str | None:
+    """The query: the last index of the first output (P in AV[b,h,f,p]), as the schedule
+    and partition take it."""
+    output = cascade.writer(cascade.outputs[0].name)
+    assert output is not None, "verified cascades write their outputs"
+    return next((v for i in reversed(output.indices) for v in sorted(index_vars(i))), None)
 
 
 def _rewrite(cascade: Cascade, scores: Einsum, splits: list[ScoreSum]) -> Cascade:
