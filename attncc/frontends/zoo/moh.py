@@ -1,0 +1,147 @@
+"""Mixture-of-Head attention (MoH; Jin et al. 2024, "MoH: Multi-Head Attention as Mixture-of-Head
+Attention"): each token weighs the heads' outputs with a router, and only its top-k routed heads
+(plus the shared heads, always on) get a nonzero weight.
+
+MoH(x) = sum_i g_i H^i W_O^i, with, for hs shared heads and the routed rest (the paper's eq. 5),
+
+    g_i = a_1 softmax(W_s x)_i                   i < hs
+    g_i = a_2 softmax(W_r x)_i  if i in topk(W_r x), else 0         (softmax over routed heads)
+    [a_1, a_2] = softmax(W_h x)
+
+The router reads the token features X[b,d,p]; WG[h,d] stacks W_s (rows h < hs) on W_r, WA[c,d]
+is W_h (C = 2). Top-k is a count, as in `routing`: routed head h is kept when fewer than k
+routed heads beat it (higher logit, or equal and lower index), with a copy LG2 of the logits
+along a second head index. The cascade's outputs are HW[b,h,p] (the weights g) and O[b,h,f,p] =
+HW[b,h,p] * AV[b,h,f,p], each head's output weighted: the sum over heads with W_O^i is the
+output projection of the concatenated heads, a matrix product after attention.
+
+The tiled backends run the router as a stage of its own in the reference interpreter (see
+attncc.frontends.zoo.stages) and the attention with HW as an input: `moh_stages`.
+
+What is skipped, and what is not. A head with weight 0 for every query of a query tile need not
+be computed there, and the IR can state that as a predicate on the scores (HW[b,h,p] != 0). But
+the executors' tile lists (attncc.backends.tile_lists) are one list of key tiles per query tile,
+shared by every (batch, head) program of the grid, and the runtime classifier
+(attncc.analysis.data_masks) reads tables at the key and the query position only; a table read
+at the head decides nothing for it. So no (head, query tile) is skipped: every head runs over
+every key tile of its query tiles, and the epilogue multiplies the rows of unchosen heads by 0.
+For token-level routing this loses little: with top-2 of 6 routed heads, a head is unchosen by
+all 64 queries of a tile with probability (4/6)^64 ~ 5e-12 for independent tokens
+(tests/test_zoo_moh.py measures the fraction on random routers: 0).
+"""
+
+from __future__ import annotations
+
+from attncc.frontends.builder import (
+    CascadeBuilder,
+    Index,
+    TensorRef,
+    Value,
+    exp,
+    select,
+    value,
+)
+from attncc.frontends.zoo.softmax import Heads, Operands, declare_heads, softmax_attention
+from attncc.frontends.zoo.stages import Stage, Staged, cut
+from attncc.ir import Cascade
+
+
+def moh(
+    *,
+    shared_heads: int = 2,
+    top_k: int = 2,
+    causal: bool = False,
+    gqa_group: int | None = None,
+    head_dim: int | None = None,
+    value_dim: int | None = None,
+    model_dim: int | None = None,
+) -> Cascade:
+    """Mixture-of-Head attention (module docstring) with batch B, heads H (`shared_heads` of
+    them always on, `top_k` of the rest chosen per token), GQA with `gqa_group`, `causal`
+    masking, head dimensions `head_dim`/`value_dim` and router input dimension `model_dim`."""
+    for name, number, low in (("shared_heads", shared_heads, 0), ("top_k", top_k, 1)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < low:
+            raise ValueError(f"moh: {name} must be an integer >= {low}, got {number!r}")
+    b = CascadeBuilder("moh")
+    batch = b.rank("B")
+    heads = declare_heads(b, batch=batch, gqa_group=gqa_group)
+    x = Operands(
+        TensorRef("Q"),
+        TensorRef("K"),
+        TensorRef("V"),
+        e=b.rank("E", head_dim),
+        f=b.rank("F", value_dim),
+        m=b.rank("M"),
+        p=b.rank("P"),
+    )
+    d, c = b.rank("D", model_dim), b.rank("C", 2)
+    h2 = b.rank("H2", b.size("H"))
+    h = heads.query[-1]
+    b.input("X", [batch, d, x.p])
+    b.input("WG", [h, d])
+    b.input("WA", [c, d])
+    b.input("Q", [*heads.query, x.e, x.p])
+    b.input("K", [*heads.kv, x.e, x.m])
+    b.input("V", [*heads.kv, x.f, x.m])
+    b.output("O", [*heads.query, x.f, x.p])
+    b.output("HW", [*heads.query, x.p])
+    weights = _router(b, heads, (batch, d, x.p, c, h2), shared=shared_heads, top_k=top_k)
+    AV = softmax_attention(b, heads, x, output="AV", mask=(x.m <= x.p) if causal else None)
+    hq = heads.query
+    b.let("O", [*hq, x.f, x.p], weights[(*hq, x.p)] * AV[(*hq, x.f, x.p)])
+    return b.build()
+
+
+def _router(
+    b: CascadeBuilder,
+    heads: Heads,
+    indices: tuple[Index, Index, Index, Index, Index],
+    *,
+    shared: int,
+    top_k: int,
+) -> TensorRef:
+    """HW[b,h,p] = g_h: MoH's router on X (eq. 5), softmax per head group, top-k by count.
+    `indices` are batch, model dimension, query, the balance's two entries and a second head."""
+    batch, dd, p, c, h2 = indices
+    h = heads.query[-1]
+    X, WG, WA = TensorRef("X"), TensorRef("WG"), TensorRef("WA")
+    LG = b.let("LG", [batch, h, p], WG[h, dd] * X[batch, dd, p])
+    LA = b.let("LA", [batch, c, p], WA[c, dd] * X[batch, dd, p])
+    # [a_1, a_2] = softmax over c of LA.
+    AM = b.let("AM", [batch, p], LA[batch, c, p], reduce="max")
+    AE = b.let("AE", [batch, c, p], exp(LA[batch, c, p] - AM[batch, p]))
+    AS = b.let("AS", [batch, p], AE[batch, c, p])
+    # A softmax within each group of heads: shared (h < hs) and routed.
+    is_shared: Value = h < shared
+    GS = b.let("GS", [batch, p], LG[batch, h, p], reduce="max", where=is_shared)
+    GR = b.let("GR", [batch, p], LG[batch, h, p], reduce="max", where=~is_shared)
+    top = select(is_shared, GS[batch, p], GR[batch, p])
+    EG = b.let("EG", [batch, h, p], exp(LG[batch, h, p] - top))
+    SS = b.let("SS", [batch, p], EG[batch, h, p], where=is_shared)
+    SR = b.let("SR", [batch, p], EG[batch, h, p], where=~is_shared)
+    # Top k of the routed heads: h is kept when fewer than k routed heads beat it.
+    LG2 = b.let("LG2", [batch, h2, p], LG[batch, h, p], where=h == h2)
+    mine, other = LG[batch, h, p], LG2[batch, h2, p]
+    beats = (h2 >= shared) & ((other > mine) | ((other == mine) & (h2 < h)))
+    CNT = b.let("CNT", [batch, h, p], value(1), reduce="sum", where=beats)
+    # a_1 and a_2 are AE[b,0,p] / AS and AE[b,1,p] / AS.
+    routed = AE[batch, 1, p] / AS[batch, p] * EG[batch, h, p] / SR[batch, p]
+    weight = select(
+        is_shared,
+        AE[batch, 0, p] / AS[batch, p] * EG[batch, h, p] / SS[batch, p],
+        select(CNT[batch, h, p] < top_k, routed, 0.0),
+    )
+    return b.let("HW", [*heads.query, p], weight)
+
+
+def moh_stages(**options: object) -> Staged:
+    """`moh(**options)` as it runs on the tiled backends: the router (the reference
+    interpreter, float64), then the attention with the head weights HW as an input."""
+    whole = moh(**options)  # type: ignore[arg-type]
+    return Staged(
+        whole,
+        (
+            Stage(cut(whole, ["HW"]), kernel=False),
+            Stage(cut(whole, ["O"], given=["HW"]), kernel=True),
+        ),
+    )

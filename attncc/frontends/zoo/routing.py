@@ -1,0 +1,147 @@
+"""Content-based block sparsity: a scoring stage chooses, for each block of queries, the key
+blocks it attends, and the attention reads that choice as a block-table mask.
+
+This is the routing of BiFormer (Zhu et al. 2023, bi-level routing attention: region queries
+and keys are the means of their tokens, region affinity Q_r K_r^T over all channels, top-k key
+regions per query region, then token attention inside the chosen regions) on 1-D blocks of
+`block` tokens, and the block selection of SeerAttention, MoA and SALE with a mean-pooling gate
+in place of their learned or low-bit estimators. As Einsums (blocks of QB queries and KB keys):
+
+    QM[h,e,i]  = sum(qb) Q[h,e,i*QB+qb] / min(QB, P - i*QB)      pooled queries (block means)
+    KM[g,e,j]  = sum(kb) K[g,e,j*KB+kb] / min(KB, M - j*KB)      pooled keys
+    S[i,j]     = QM[h,e,i] * KM[h//R,e,j]                        block affinity, all heads
+    S2[i,j2]   = S[i,j] where j == j2                            S along a second block index
+    CNT[i,j]   = sum(j2) 1 where S2[i,j2] > S[i,j] or S2[i,j2] == S[i,j] and j2 < j
+    BLOCKS[i,j] = CNT[i,j] < k                                   the top k of each row
+    QK[h,m,p]  = Q[h,e,p] * K[h//R,e,m] * rsqrt(E) where BLOCKS[p//64, m//64] != 0 else -inf
+    ...                                                          softmax attention
+
+Top-k is not a contraction; it is stated exactly as a count: key block j is kept when fewer
+than k blocks beat it (a higher score, or the same score and a lower index, so exactly k are
+kept, ties going to the lower index as a stable sort's would). That costs I*J^2 comparisons,
+against the attention's O(P*M*E), and keeps the whole variant in the IR, the text form and the
+reference interpreter. `causal` (SeerAttention and MoBA on decoders) scores only earlier
+blocks (j < i), keeps the top k of those, always keeps the diagonal block, and masks m <= p.
+
+The cascade holds both stages, so `attncc analyze routing` reports both. The tiled backends run
+it in two (`routing_stages`, see attncc.frontends.zoo.stages): their tile lists come from the
+runtime classifier, which reads the block table's data before the kernel starts and decides
+each tile exactly (`BLOCKS[p // 64, m // 64] != 0`: any/all of the table over the tile); the
+kernel then visits only the chosen key blocks. That classifier takes one table for the whole
+grid, so the shared choice (BiFormer's: affinity summed over heads) is what the kernels skip by.
+`per_head=True` chooses per query head (SeerAttention's and MoA's heads differ): the table
+gains a head index, which the classifier does not read, so the block-sparse pass keeps the key
+loop dense and the kernels apply the table as a mask in every tile: same results, no tile
+skipped. There is no batch rank: routing depends on each sequence's content and the table is
+per sequence, so a batch is one call per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from attncc.frontends.builder import CascadeBuilder, Index, TensorRef, Value, minimum, value
+from attncc.frontends.zoo.softmax import Heads, Operands, declare_heads, softmax_attention
+from attncc.frontends.zoo.stages import Stage, Staged, cut
+from attncc.ir import Cascade, DType, index_symbol
+
+
+def routing(
+    *,
+    block: int = 64,
+    top_k: int = 4,
+    causal: bool = False,
+    per_head: bool = False,
+    gqa_group: int | None = None,
+    head_dim: int | None = None,
+    value_dim: int | None = None,
+) -> Cascade:
+    """Routed block-sparse attention (module docstring): Q[h,e,p], K[g,e,m], V[g,f,m] (g = h
+    without `gqa_group`), outputs AV[h,f,p] and the block table BLOCKS[i,j] (BLOCKS[h,i,j]
+    with `per_head`) of `block`-token blocks, `top_k` key blocks per query block."""
+    for name, number in (("block", block), ("top_k", top_k)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValueError(f"routing: {name} must be a positive integer, got {number!r}")
+    b = CascadeBuilder("routing")
+    heads = declare_heads(b, batch=None, gqa_group=gqa_group)
+    x = Operands(
+        TensorRef("Q"),
+        TensorRef("K"),
+        TensorRef("V"),
+        e=b.rank("E", head_dim),
+        f=b.rank("F", value_dim),
+        m=b.rank("M"),
+        p=b.rank("P"),
+    )
+    blocks = _Blocks(b.rank("QB", block), b.rank("KB", block))
+    i = b.partition("P", "I", "QB")
+    j = b.partition("M", "J", "KB")
+    b.input("Q", [*heads.query, x.e, x.p])
+    b.input("K", [*heads.kv, x.e, x.m])
+    b.input("V", [*heads.kv, x.f, x.m])
+    table = heads.query[-1:] if per_head else ()
+    b.output("AV", [*heads.query, x.f, x.p])
+    b.output("BLOCKS", [*table, i, j], DType.I32)
+    chosen = _scores(b, heads, x, blocks, table, top_k=top_k, causal=causal)
+    mask = chosen[(*table, x.p // block, x.m // block)] != 0
+    if causal:
+        mask = (x.m <= x.p) & mask
+    softmax_attention(b, heads, x, output="AV", mask=mask)
+    return b.build()
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """The offsets inside a query block (qb) and a key block (kb)."""
+
+    query: Index
+    key: Index
+
+
+def _scores(
+    b: CascadeBuilder,
+    heads: Heads,
+    x: Operands,
+    blocks: _Blocks,
+    table: tuple[Index, ...],
+    *,
+    top_k: int,
+    causal: bool,
+) -> TensorRef:
+    """The scoring stage: pooled Q and K, block affinities S, and the block table."""
+    hq, hk, hr, e = heads.query, heads.kv, heads.read, x.e
+    i, j = Index(index_symbol("i")), Index(index_symbol("j"))
+    qb, kb = b.size("QB"), b.size("KB")
+    # Block means; the last block of a ragged length holds fewer positions.
+    QP = b.let("QP", [*hq, e, i], x.q[(*hq, e, i * qb + blocks.query)])
+    QM = b.let("QM", [*hq, e, i], QP[(*hq, e, i)] / minimum(qb, value(b.size("P")) - value(i) * qb))
+    KP = b.let("KP", [*hk, e, j], x.k[(*hk, e, j * kb + blocks.key)])
+    KM = b.let("KM", [*hk, e, j], KP[(*hk, e, j)] / minimum(kb, value(b.size("M")) - value(j) * kb))
+    S = b.let("S", [*table, i, j], QM[(*hq, e, i)] * KM[(*hr, e, j)])
+    # As many as J (a partition's outer rank, which sizes may not name): ceil(M / KB).
+    j2 = b.rank("J2", Index(sympy.ceiling(b.size("M").expr / kb.expr)))
+    S2 = b.let("S2", [*table, i, j2], S[(*table, i, j)], where=j == j2)
+    mine, other = S[(*table, i, j)], S2[(*table, i, j2)]
+    beats = (other > mine) | ((other == mine) & (j2 < j))
+    if causal:
+        beats = (j2 < i) & beats
+    CNT = b.let("CNT", [*table, i, j], value(1), reduce="sum", where=beats)
+    kept: Value = CNT[(*table, i, j)] < top_k
+    if causal:
+        kept = (j == i) | ((j < i) & kept)
+    return b.let("BLOCKS", [*table, i, j], kept)
+
+
+def routing_stages(**options: object) -> Staged:
+    """`routing(**options)` as it runs on the tiled backends: the scoring stage (the reference
+    interpreter, float64), then the attention with the block table as an input."""
+    whole = routing(**options)  # type: ignore[arg-type]
+    return Staged(
+        whole,
+        (
+            Stage(cut(whole, ["BLOCKS"]), kernel=False),
+            Stage(cut(whole, ["AV"], given=["BLOCKS"]), kernel=True),
+        ),
+    )
