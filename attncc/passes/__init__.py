@@ -12,6 +12,7 @@ from attncc.passes import (
     fuse,
     partition,
     reassociate,
+    reorder,
     running_reduce,
 )
 from attncc.passes.base import CascadePass, PassResult
@@ -34,6 +35,7 @@ __all__ = [
     "parse_pipeline",
     "partition",
     "reassociate",
+    "reorder",
     "run_pipeline",
     "running_reduce",
 ]

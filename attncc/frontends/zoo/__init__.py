@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attncc.frontends.zoo import linear
+from attncc.frontends.zoo import groups, hilo, linear, moh, routing
 from attncc.ir import Cascade
 
 ZOO: dict[str, Callable[..., Cascade]] = {}
 """Every zoo cascade by name, called with keyword options (see each function)."""
 
 ZOO.update({f.__name__: f for f in (linear.linear_attention, linear.lightning_attention)})
+ZOO.update({f.__name__: f for f in (routing.routing, moh.moh, hilo.hilo, groups.group_pose)})
