@@ -19,11 +19,11 @@ import pytest
 from attncc.cli import main
 from attncc.errors import AttnccError
 from attncc.frontends.torch import mlir_import
+from attncc.frontends.torch.import_inputs import InputSpec, parse_input_shapes
 from attncc.frontends.torch.mlir_import import (
     ImportResult,
     check_site,
     import_attention,
-    parse_input_shapes,
 )
 from attncc.frontends.torch.spec import AttentionSpec, MaskTensor
 from attncc.ir import Call, Const, Coord, parse, print_cascade
@@ -31,6 +31,7 @@ from attncc.ir import Call, Const, Coord, parse, print_cascade
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "torch_models.py"
 MODELS = Path(__file__).resolve().parent / "mlir_import_models.py"
+HF_MODELS = Path(__file__).resolve().parent / "mlir_import_hf_models.py"
 QKV = "q=2x4x12x16,k=2x4x12x16,v=2x4x12x16"
 
 
@@ -217,6 +218,29 @@ def test_unrecognized_patterns_are_reported_with_a_reason(name: str) -> None:
     assert "mlir_import_models.py:" in result.location(skipped)
 
 
+def test_transformers_llama_is_causal_grouped_query_attention() -> None:
+    result = imported(f"{HF_MODELS}:llama", "ids=2x12:int100")
+
+    (site,) = result.sites
+    assert site.spec == AttentionSpec(causal=True, gqa_group=2)
+    where = result.location(site)
+    assert "transformers/models/llama/modeling_llama.py:" in where
+    assert "(from " in where and "mlir_import_hf_models.py:" in where
+    assert "in model.layers.0.self_attn (LlamaAttention)" in where
+    assert check_site(result.exported, site).error < 1e-5
+
+
+def test_transformers_gpt2_eager_mask_is_proved_causal() -> None:
+    """GPT-2's eager attention hides future keys with the dtype's minimum, not -inf."""
+    result = imported(f"{HF_MODELS}:gpt2_eager", "ids=2x12:int100")
+
+    (site,) = result.sites
+    assert site.op.name == "torch.aten.softmax.int"
+    assert site.spec == CAUSAL
+    assert any("large finite value" in note for note in site.notes)
+    assert check_site(result.exported, site).error < 1e-5
+
+
 # -- The command line. -------------------------------------------------------------------------
 
 
@@ -329,15 +353,17 @@ def _linear_line() -> int:
 
 
 def test_parse_input_shapes() -> None:
-    assert parse_input_shapes("x=2x16x64, bias=2x1x1x16") == {
-        "x": (2, 16, 64),
-        "bias": (2, 1, 1, 16),
+    assert parse_input_shapes("x=2x16x64, bias=2x1x1x16, ids=2x16:int100, keep=2x16:bool") == {
+        "x": InputSpec((2, 16, 64)),
+        "bias": InputSpec((2, 1, 1, 16)),
+        "ids": InputSpec((2, 16), "int", 100),
+        "keep": InputSpec((2, 16), "bool"),
     }
-    assert parse_input_shapes("n=7") == {"n": (7,)}
+    for bad in ("2x16x64", "x=2x16:int", "x=2:float", "x=", "x=2,"):
+        with pytest.raises(AttnccError, match="give NAME=DIMSxDIMS"):
+            parse_input_shapes(bad)
     with pytest.raises(AttnccError, match="x is given twice"):
         parse_input_shapes("x=2,x=3")
-    with pytest.raises(AttnccError, match="give NAME=DIMSxDIMS"):
-        parse_input_shapes("2x16x64")
 
 
 def test_scale_is_read_as_a_number_not_rounded() -> None:

@@ -16,8 +16,9 @@ from attncc.ir import print_cascade
 
 EPILOG = """\
 --shapes names forward's parameters: x=2x16x64,bias=2x1x1x16 gives forward(x, bias) seeded
-standard-normal inputs of those shapes (--dtype, --seed). Parameters with defaults may be left
-out at the end.
+standard-normal inputs of those shapes (--dtype, --seed); ids=2x16:int1000 gives integers
+below 1000 (token ids), keep=2x16:bool booleans. Parameters with defaults may be left out at
+the end.
 
 examples:
   attncc import examples/torch_models.py:sdpa_causal_attention --shapes x=2x16x64

@@ -1,13 +1,11 @@
 """The torch-mlir importer: a PyTorch module, exported to MLIR (torch dialect), and the attention
 found in it as cascades.
 
-`load_factory("model.py:Factory")` imports a Python file by path and calls the factory (a
-callable returning an nn.Module, or an nn.Module class). `example_inputs` builds seeded random
-inputs for forward's parameters from shapes named after them (`x=2x16x64,bias=2x1x1x16`).
-`export` runs the module once eagerly (so a bad shape fails with PyTorch's own message at the
-user's line), exports it with torch.export, functionalized but not decomposed (attention stays
-`aten.scaled_dot_product_attention`, or the matmul/softmax the model wrote), and imports it with
-`torch_mlir.fx.export_and_import`; torch.export's stack traces become MLIR locations.
+`export` runs the module once eagerly on example inputs (`import_inputs`), so a bad shape fails
+with PyTorch's own message at the user's line, exports it with torch.export, functionalized but
+not decomposed (attention stays `aten.scaled_dot_product_attention`, or the matmul/softmax the
+model wrote; `decompose` applies torch-mlir's core-ATen decompositions instead), and imports it
+with `torch_mlir.fx.export_and_import`; torch.export's stack traces become MLIR locations.
 `import_attention` finds the sites (`mlir_patterns`); `check_site` runs a site's cascade with the
 reference interpreter on the tensors the module computed at that point (the exported program
 run node by node, each MLIR value traced back to the FX node it was imported from) and compares
@@ -20,16 +18,11 @@ take, a model torch.export cannot trace) is an AttnccError naming the file and l
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import inspect
 import io
 import logging
-import sys
-import traceback
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +34,15 @@ from torch_mlir.extras.fx_importer import FxImporter, GraphNodeImporter
 
 from attncc.backends.numpy.reference import interpret
 from attncc.errors import AttnccError
+from attncc.frontends.torch.import_inputs import (
+    DTYPES,
+    FactoryRef,
+    example_inputs,
+    load_factory,
+    located,
+    parse_factory,
+    parse_input_shapes,
+)
 from attncc.frontends.torch.mlir_ops import source_location
 from attncc.frontends.torch.mlir_patterns import (
     AttentionSite,
@@ -48,140 +50,6 @@ from attncc.frontends.torch.mlir_patterns import (
     Unrecognized,
     find_attention,
 )
-
-DTYPES = {"f32": torch.float32, "f64": torch.float64}
-
-
-@dataclass(frozen=True)
-class FactoryRef:
-    """`path:name` of a factory in a Python file."""
-
-    path: Path
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.name}"
-
-
-def parse_factory(text: str) -> FactoryRef:
-    path, sep, name = text.rpartition(":")
-    if not sep or not path or not name.isidentifier():
-        raise AttnccError(
-            f"{text!r}: give FILE.py:FACTORY, e.g. examples/torch_models.py:sdpa_attention "
-            "(FACTORY returns an nn.Module, or is an nn.Module class)"
-        )
-    return FactoryRef(Path(path), name)
-
-
-def load_factory(ref: FactoryRef) -> torch.nn.Module:
-    """Import `ref.path` by path and build its module; errors name the file and line."""
-    if not ref.path.is_file():
-        raise AttnccError(f"{ref.path}: no such file")
-    spec = importlib.util.spec_from_file_location(f"attncc_import_{ref.path.stem}", ref.path)
-    if spec is None or spec.loader is None:
-        raise AttnccError(f"{ref.path}: not a Python file that can be imported")
-    source = importlib.util.module_from_spec(spec)
-    # The file's own directory comes first, so it can import its neighbours.
-    sys.path.insert(0, str(ref.path.resolve().parent))
-    try:
-        spec.loader.exec_module(source)
-    except Exception as error:
-        raise AttnccError(f"{ref.path}: importing it failed: {_located(error, ref.path)}") from None
-    finally:
-        sys.path.pop(0)
-    factory = getattr(source, ref.name, None)
-    if factory is None:
-        found = sorted(n for n, v in vars(source).items() if _is_factory(v) and n[:1] != "_")
-        raise AttnccError(
-            f"{ref.path} has no {ref.name!r}; its factories and module classes: "
-            f"{', '.join(found) or 'none'}"
-        )
-    if not callable(factory):
-        raise AttnccError(f"{ref}: {type(factory).__name__} is not callable")
-    try:
-        module = factory()
-    except Exception as error:
-        raise AttnccError(f"{ref}() raised {_located(error, ref.path)}") from None
-    if not isinstance(module, torch.nn.Module):
-        raise AttnccError(f"{ref}() returned {type(module).__name__}, not a torch.nn.Module")
-    return module
-
-
-def _is_factory(value: object) -> bool:
-    if inspect.isclass(value):
-        return issubclass(value, torch.nn.Module)
-    return inspect.isfunction(value)
-
-
-def _located(error: BaseException, path: Path) -> str:
-    """`Type: message (file, line N)`, at the innermost frame in the user's file."""
-    line = None
-    if isinstance(error, SyntaxError) and error.lineno is not None:
-        line = error.lineno
-    for frame in traceback.extract_tb(error.__traceback__):
-        if Path(frame.filename).resolve() == path.resolve():
-            line = frame.lineno
-    text = error.msg if isinstance(error, SyntaxError) else str(error)
-    message = text.strip().splitlines()[0] if text.strip() else ""
-    where = f" ({path}, line {line})" if line is not None else ""
-    return f"{type(error).__name__}: {message}{where}"
-
-
-def parse_input_shapes(text: str) -> dict[str, tuple[int, ...]]:
-    """`x=2x16x64,bias=2x1x1x16` as {name: shape}."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for item in (t.strip() for t in text.split(",")):
-        name, sep, dims = item.partition("=")
-        name = name.strip()
-        sizes = dims.strip().split("x")
-        if not sep or not name.isidentifier() or not all(s.isdigit() and int(s) > 0 for s in sizes):
-            raise AttnccError(
-                f"--shapes {item!r}: give NAME=DIMSxDIMS for each parameter of forward, "
-                "e.g. x=2x16x64,bias=2x1x1x16 (positive sizes)"
-            )
-        if name in shapes:
-            raise AttnccError(f"--shapes: {name} is given twice")
-        shapes[name] = tuple(int(s) for s in sizes)
-    return shapes
-
-
-def example_inputs(
-    module: torch.nn.Module, shapes: Mapping[str, tuple[int, ...]], dtype: str, seed: int
-) -> dict[str, torch.Tensor]:
-    """Seeded standard-normal inputs for forward's parameters, in their order."""
-    parameters = list(inspect.signature(module.forward).parameters.values())
-    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.POSITIONAL_ONLY)]
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
-        raise AttnccError(
-            f"{type(module).__name__}.forward takes *args or **kwargs; attncc import needs "
-            "named parameters to give shapes to"
-        )
-    names = [p.name for p in named]
-    unknown = sorted(set(shapes) - set(names))
-    if unknown:
-        raise AttnccError(
-            f"--shapes names {', '.join(unknown)}, but {type(module).__name__}.forward takes "
-            f"({', '.join(names)})"
-        )
-    missing = [p.name for p in named if p.name not in shapes and p.default is p.empty]
-    if missing:
-        raise AttnccError(
-            f"--shapes gives no shape for {', '.join(missing)} of "
-            f"{type(module).__name__}.forward({', '.join(names)}): give NAME=DIMSxDIMS for "
-            "every parameter without a default"
-        )
-    given = [n for n in names if n in shapes]
-    if given != names[: len(given)]:
-        skipped = [n for n in names[: len(given)] if n not in shapes]
-        raise AttnccError(
-            f"--shapes skips {', '.join(skipped)} of {type(module).__name__}.forward"
-            f"({', '.join(names)}): inputs are passed in order, so give a shape to every "
-            "parameter before the last one given"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        name: torch.randn(shapes[name], generator=generator, dtype=DTYPES[dtype]) for name in given
-    }
 
 
 class _Recorder(GraphNodeImporter):
@@ -281,7 +149,7 @@ def export(
         except Exception as error:
             shown = ", ".join(f"{n}: {'x'.join(map(str, t.shape))}" for n, t in inputs.items())
             raise AttnccError(
-                f"{ref}: forward({shown}) raised {_located(error, ref.path)}; check --shapes"
+                f"{ref}: forward({shown}) raised {located(error, ref.path)}; check --shapes"
             ) from None
         try:
             with _quiet():
@@ -289,8 +157,14 @@ def export(
                 program = program.run_decompositions(_decompositions() if decompose else {})
         except Exception as error:
             raise AttnccError(
-                f"{ref}: torch.export could not export the module: {_located(error, ref.path)}"
+                f"{ref}: torch.export could not export the module: {located(error, ref.path)}"
             ) from None
+    # torch-mlir's frozen import looks every buffer up in the state dict, where torch.export
+    # leaves out non-persistent ones (rotary inv_freq, BERT's position_ids): it keeps them
+    # among the constants.
+    for buffer in program.graph_signature.inputs_to_buffers.values():
+        if buffer not in program.state_dict and buffer in program.constants:
+            program.state_dict[buffer] = program.constants[buffer]
     context = ir.Context()
     torch_dialect.register_dialect(context)
     made: list[_Recorder] = []

@@ -66,6 +66,14 @@ def mask_predicate(sym: Symbolic, scores: tuple[int, ...], kind: MaskKind) -> Ma
     others = sorted({c.name for c in walk(expr) if isinstance(c, Coord)} - {"m", "p"})
     if others:
         return "the mask varies over batch or heads, not only over key and query positions"
+    # Comparisons that hold everywhere (or nowhere) on the scores' positions are no choice:
+    # `p >= 0`, or `m < 12` with 12 keys.
+    fixed = {
+        a: t
+        for a in _atoms(expr)
+        if (t := _decided(a, keys=scores[-1], queries=scores[-2])) is not None
+    }
+    expr = fold(_replace(expr, fixed))
     atoms = _atoms(expr)
     if len(atoms) > _MAX_ATOMS:
         return f"the mask compares positions {len(atoms)} ways (at most {_MAX_ATOMS} are read)"
@@ -110,6 +118,30 @@ def _atoms(expr: Expr) -> list[Expr]:
             if all(s is not None for s in sides) and any(isinstance(c, Coord) for c in walk(node)):
                 found.append(node)
     return found
+
+
+def _decided(atom: Expr, *, keys: int, queries: int) -> bool | None:
+    """The value of a comparison that is the same for every key m < `keys` and query
+    p < `queries`; None when it depends on them. A comparison of affine forms takes its
+    extremes at the corners of that box, so the corners decide (for == and != only when the
+    difference keeps one strict sign there)."""
+    assert isinstance(atom, Call)
+    lhs, rhs = (as_index(a) for a in atom.args)
+    assert lhs is not None and rhs is not None
+    difference = sympy.expand(lhs - rhs)
+    m, p = index_symbol("m"), index_symbol("p")
+    if not difference.is_polynomial(m, p) or sympy.Poly(difference, m, p).total_degree() > 1:
+        return None
+    corners = [
+        difference.subs({m: key, p: query}) for key in {0, keys - 1} for query in {0, queries - 1}
+    ]
+    if atom.op in ("eq", "ne"):
+        if all(c > 0 for c in corners) or all(c < 0 for c in corners):
+            return atom.op == "ne"
+        return None
+    compare = {"lt": sympy.Lt, "le": sympy.Le, "gt": sympy.Gt, "ge": sympy.Ge}[atom.op]
+    values = {bool(compare(c, 0)) for c in corners}
+    return values.pop() if len(values) == 1 else None
 
 
 def _replace(expr: Expr, truth: dict[Expr, bool]) -> Expr:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch_mlir import ir
 
 _TENSOR_TYPE = re.compile(r"!torch\.vtensor<\[([^\]]*)\],([^>]+)>")
@@ -167,18 +168,17 @@ def source_frames(op: ir.Operation) -> list[SourceFrame]:
 
 
 def source_location(op: ir.Operation, user_file: Path | None, position: int) -> str:
-    """Where `op` came from, for a report: the innermost frame in `user_file` (the module's
-    source), else the innermost frame outside PyTorch, else the innermost frame; without a
-    location, the operation's position in the function."""
+    """Where `op` came from, for a report: the innermost frame outside PyTorch itself (the
+    line of the model that called the operation), and the innermost frame in `user_file`
+    when that is another one (`modeling_gpt2.py:123 (from model.py:42)`); without a location,
+    the operation's position in the function."""
     frames = source_frames(op)
     if not frames:
         return f"operation #{position} of @main (no source location: export kept no stack trace)"
-    if user_file is not None:
-        mine = [f for f in frames if _same_file(f.file, user_file)]
-        if mine:
-            return str(mine[0])
-    outside = [f for f in frames if "site-packages" not in f.file]
-    return str((outside or frames)[0])
+    torch_dir = Path(torch.__file__).resolve().parent
+    model = next((f for f in frames if not _under(f.file, torch_dir)), frames[0])
+    mine = next((f for f in frames if user_file and _same_file(f.file, user_file)), None)
+    return str(model) if mine in (None, model) else f"{model} (from {mine})"
 
 
 def _same_file(name: str, path: Path) -> bool:
@@ -188,11 +188,22 @@ def _same_file(name: str, path: Path) -> bool:
         return False
 
 
+def _under(name: str, directory: Path) -> bool:
+    try:
+        return Path(name).resolve().is_relative_to(directory)
+    except OSError:
+        return False
+
+
 def _shown(file: str) -> str:
-    """A path relative to the working directory when it is under it."""
+    """A path relative to the working directory when it is under it; an installed package's
+    file from its package directory (transformers/models/...)."""
+    parts = Path(file).parts
+    if "site-packages" in parts:
+        return str(Path(*parts[parts.index("site-packages") + 1 :]))
     try:
         return str(Path(file).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError):
         return file
 
 

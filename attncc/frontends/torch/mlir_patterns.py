@@ -181,7 +181,8 @@ def _softmax(op: ir.Operation, position: int) -> AttentionSite:
     key, key_transposed = b, not b_transposed
     b_op = producer(b)
     if not b_transposed and b_op is not None and swaps_last_two(b_op):
-        key, key_scale = _unscaled(b_op.operands[0])
+        # Keys are not peeled through reshapes here: key_value looks for a repeat there.
+        key, key_scale = _unscaled(b_op.operands[0], views=False)
         key_transposed, b_scale = False, b_scale * key_scale
     key, value = key_value(a, key, values, key_transposed=key_transposed)
     dims = site_dims(a, key, value, key_transposed=key_transposed)
@@ -364,11 +365,12 @@ def _scale_factor(op: ir.Operation) -> tuple[float, ir.Value] | None:
     return None
 
 
-def _unscaled(x: ir.Value) -> tuple[ir.Value, float]:
-    """A matmul operand with its constant scales and layout no-ops peeled off."""
+def _unscaled(x: ir.Value, *, views: bool = True) -> tuple[ir.Value, float]:
+    """A matmul operand with its constant scales and layout no-ops (with `views`, batch
+    reshapes too) peeled off."""
     total = 1.0
     for _ in range(16):
-        x = peel(x)
+        x = peel(x, views=views)
         op = producer(x)
         factor = _scale_factor(op) if op is not None else None
         if factor is None:
