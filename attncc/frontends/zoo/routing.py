@@ -7,8 +7,9 @@ regions per query region, then token attention inside the chosen regions) on 1-D
 `block` tokens, and the block selection of SeerAttention, MoA and SALE with a mean-pooling gate
 in place of their learned or low-bit estimators. As Einsums (blocks of QB queries and KB keys):
 
-    QM[h,e,i]  = sum(qb) Q[h,e,i*QB+qb] / min(QB, P - i*QB)      pooled queries (block means)
-    KM[g,e,j]  = sum(kb) K[g,e,j*KB+kb] / min(KB, M - j*KB)      pooled keys
+    QP[h,e,i]  = sum(qb) Q[h,e,i*QB+qb] where i*QB + qb < P
+    QM[h,e,i]  = QP[h,e,i] / min(QB, P - i*QB)                   pooled queries (block means)
+    KM[g,e,j]  = ... K[g,e,j*KB+kb] ...                          pooled keys, the same way
     S[i,j]     = QM[h,e,i] * KM[h//R,e,j]                        block affinity, all heads
     S2[i,j2]   = S[i,j] where j == j2                            S along a second block index
     CNT[i,j]   = sum(j2) 1 where S2[i,j2] > S[i,j] or S2[i,j2] == S[i,j] and j2 < j
@@ -45,7 +46,7 @@ import sympy
 from attncc.frontends.builder import CascadeBuilder, Index, TensorRef, Value, minimum, value
 from attncc.frontends.zoo.softmax import Heads, Operands, declare_heads, softmax_attention
 from attncc.frontends.zoo.stages import Stage, Staged, cut
-from attncc.ir import Cascade, DType, index_symbol
+from attncc.ir import Cascade, DType
 
 
 def routing(
@@ -75,15 +76,13 @@ def routing(
         m=b.rank("M"),
         p=b.rank("P"),
     )
-    blocks = _Blocks(b.rank("QB", block), b.rank("KB", block))
-    i = b.partition("P", "I", "QB")
-    j = b.partition("M", "J", "KB")
+    blocks = _blocks(b, block)
     b.input("Q", [*heads.query, x.e, x.p])
     b.input("K", [*heads.kv, x.e, x.m])
     b.input("V", [*heads.kv, x.f, x.m])
     table = heads.query[-1:] if per_head else ()
     b.output("AV", [*heads.query, x.f, x.p])
-    b.output("BLOCKS", [*table, i, j], DType.I32)
+    b.output("BLOCKS", [*table, blocks.i, blocks.j], DType.I32)
     chosen = _scores(b, heads, x, blocks, table, top_k=top_k, causal=causal)
     mask = chosen[(*table, x.p // block, x.m // block)] != 0
     if causal:
@@ -94,10 +93,25 @@ def routing(
 
 @dataclass(frozen=True)
 class _Blocks:
-    """The offsets inside a query block (qb) and a key block (kb)."""
+    """Query blocks i of QB queries, key blocks j (and j2) of KB keys, offsets qb and kb."""
 
-    query: Index
-    key: Index
+    i: Index
+    j: Index
+    j2: Index
+    qb: Index
+    kb: Index
+
+
+def _blocks(b: CascadeBuilder, block: int) -> _Blocks:
+    """Ranks of blocks and of offsets in them: plain ranks, not partitions of P and M, so
+    that the pass analysis still reports the attention's passes over M itself."""
+    qb, kb = b.rank("QB", block), b.rank("KB", block)
+    count = {
+        name: Index(sympy.ceiling(b.size(r).expr / block)) for name, r in (("I", "P"), ("J", "M"))
+    }
+    return _Blocks(
+        b.rank("I", count["I"]), b.rank("J", count["J"]), b.rank("J2", count["J"]), qb, kb
+    )
 
 
 def _scores(
@@ -112,16 +126,15 @@ def _scores(
 ) -> TensorRef:
     """The scoring stage: pooled Q and K, block affinities S, and the block table."""
     hq, hk, hr, e = heads.query, heads.kv, heads.read, x.e
-    i, j = Index(index_symbol("i")), Index(index_symbol("j"))
+    i, j, j2 = blocks.i, blocks.j, blocks.j2
     qb, kb = b.size("QB"), b.size("KB")
     # Block means; the last block of a ragged length holds fewer positions.
-    QP = b.let("QP", [*hq, e, i], x.q[(*hq, e, i * qb + blocks.query)])
+    query, key = i * qb + blocks.qb, j * kb + blocks.kb
+    QP = b.let("QP", [*hq, e, i], x.q[(*hq, e, query)], where=query < b.size("P"))
     QM = b.let("QM", [*hq, e, i], QP[(*hq, e, i)] / minimum(qb, value(b.size("P")) - value(i) * qb))
-    KP = b.let("KP", [*hk, e, j], x.k[(*hk, e, j * kb + blocks.key)])
+    KP = b.let("KP", [*hk, e, j], x.k[(*hk, e, key)], where=key < b.size("M"))
     KM = b.let("KM", [*hk, e, j], KP[(*hk, e, j)] / minimum(kb, value(b.size("M")) - value(j) * kb))
     S = b.let("S", [*table, i, j], QM[(*hq, e, i)] * KM[(*hr, e, j)])
-    # As many as J (a partition's outer rank, which sizes may not name): ceil(M / KB).
-    j2 = b.rank("J2", Index(sympy.ceiling(b.size("M").expr / kb.expr)))
     S2 = b.let("S2", [*table, i, j2], S[(*table, i, j)], where=j == j2)
     mine, other = S[(*table, i, j)], S2[(*table, i, j2)]
     beats = (other > mine) | ((other == mine) & (j2 < j))

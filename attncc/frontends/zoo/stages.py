@@ -42,11 +42,9 @@ from attncc.ir import (
 
 def cut(cascade: Cascade, outputs: Sequence[str], given: Iterable[str] = ()) -> Cascade:
     """The stage of `cascade` that computes `outputs` from its inputs and the tensors `given`
-    (computed by an earlier stage, read here as inputs of the same ranks).
-
-    Partitions the stage does not iterate over are dropped, and their outer ranks, where a
-    declaration still uses them, declared with their size (`rank I = ceiling(P/64)`): a later
-    partition of the same rank (the flash pipeline's M -> M1, M0) must find it whole."""
+    (computed by an earlier stage, read here as inputs of the same ranks). It keeps the ranks
+    and partitions it uses: a stage that iterates over none of a partition's ranks leaves the
+    rank whole, for the flash pipeline to tile."""
     given = frozenset(given)
     einsums = _needed(cascade, outputs, given)
     reads = frozenset().union(*(e.reads for e in einsums)) | frozenset(outputs)
@@ -99,31 +97,20 @@ def _ranks(
     cascade: Cascade,
     decls: Sequence[TensorDecl],
     einsums: Sequence[Einsum],
-    partitions: tuple[Partition, ...],
+    partitions: Sequence[Partition],
 ) -> tuple[Rank, ...]:
-    """The ranks the stage names (and those their sizes name), in declaration order; a dropped
-    partition's outer rank becomes a declared rank."""
-    sizes = {r.name: sympy.sympify(r.size) for r in cascade.all_ranks()}
-    integers = {size_symbol(r.name): r.size for r in cascade.ranks if r.size.is_Integer}
-    for part in cascade.partitions:
-        if part not in partitions:
-            # ceiling(P/QB) with QB = 64 is ceiling(P/64): the tile rank may go with its partition.
-            sizes[part.outer] = sizes[part.outer].xreplace(integers)
-    named = {r for d in decls for r in d.ranks}
+    """The declared ranks the stage names, and those their sizes name (H = 2*G), in order."""
+    sizes = {r.name: sympy.sympify(r.size) for r in cascade.ranks}
+    named = {r for d in decls for r in d.ranks} | {p.rank for p in partitions}
     for einsum in einsums:
         named |= {r.name for v in einsum.space if (r := cascade.rank_of_index(v)) is not None}
-    pending = list(named)
+    pending = [name for name in named if name in sizes]
     while pending:
         for symbol in sizes[pending.pop()].free_symbols:
             if symbol.name in sizes and symbol.name not in named:
                 named.add(symbol.name)
                 pending.append(symbol.name)
-    outer = {p.outer for p in partitions}
-    return tuple(
-        Rank(rank.name, sizes[rank.name])
-        for rank in cascade.all_ranks()
-        if rank.name in named and rank.name not in outer
-    )
+    return tuple(r for r in cascade.ranks if r.name in named)
 
 
 @dataclass(frozen=True)
