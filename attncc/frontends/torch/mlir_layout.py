@@ -55,6 +55,8 @@ _BATCH_VIEWS = {"torch.aten.view", "torch.aten.reshape", "torch.aten._unsafe_vie
 
 
 def swaps_last_two(op: ir.Operation) -> bool:
+    """Whether `op` transposes the last two dims of its operand (k.transpose(-2, -1), k.mT,
+    a permute that does only that)."""
     rank = len(shape(op.operands[0]) or ())
     if rank < 2 or op.name not in (
         "torch.aten.transpose.int",
@@ -90,6 +92,7 @@ def _identity_slice(op: ir.Operation) -> bool:
 
 
 def peel(x: ir.Value, *, views: bool = True) -> ir.Value:
+    """The tensor `x` is a copy (or, with `views`, a batch reshape) of, as far back as that goes."""
     for _ in range(64):
         op = producer(x)
         if op is None or not looks_through(op, views=views):
@@ -99,6 +102,7 @@ def peel(x: ir.Value, *, views: bool = True) -> ir.Value:
 
 
 def shape_of(x: ir.Value) -> tuple[int, ...]:
+    """`x`'s static shape; NoMatch when it has none."""
     dims = shape(x)
     if dims is None:
         raise NoMatch("a tensor on the way has no static shape")
@@ -162,9 +166,10 @@ def _repeat_source(x: ir.Value) -> tuple[ir.Value, int] | None:
     if op.name == "torch.aten.repeat_interleave.self_int":
         repeats, dim = constant_or(op.operands[1], None), constant_or(op.operands[2], None)
         source = op.operands[0]
-        if isinstance(repeats, int) and isinstance(dim, int) and normalize_dim(dim, 4) == 1:
-            return source, repeats
-        return None
+        if not (isinstance(repeats, int) and isinstance(dim, int) and normalize_dim(dim, 4) == 1):
+            return None
+        b, g, s, d = shape(source) or (0, 0, 0, 0)
+        return (source, repeats) if out == (b, g * repeats, s, d) else None
     if op.name not in _BATCH_VIEWS:
         return None
     expanded = peel(op.operands[0], views=False)
@@ -186,6 +191,8 @@ def _repeat_source(x: ir.Value) -> tuple[ir.Value, int] | None:
 
 
 def site_dims(q: ir.Value, key: ir.Value, value: ir.Value, *, key_transposed: bool) -> SiteDims:
+    """The sizes of attention over queries q [.., p, e], keys [.., m, e] (or [.., e, m] when
+    `key_transposed`) and values [.., m, f]; NoMatch when they do not multiply as attention."""
     q_shape, k_shape, v_shape = shape(q), shape(key), shape(value)
     if q_shape is None or k_shape is None or v_shape is None:
         raise NoMatch("queries, keys and values need static shapes")

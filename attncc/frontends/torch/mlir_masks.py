@@ -25,9 +25,9 @@ _FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "n
 _NEGATED = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
 
 HIDING_FILL = -1e4
-"""Fill values at or below this hide a key: exp(-1e4 - s) underflows to 0 next to any visible
-score s above -9900, in float32 and float64, so the module's softmax and the cascade's (which
-uses -inf) agree except on rows where every key is hidden."""
+"""Fill values at or below this hide a key: its weight exp(fill - s) underflows to 0 in float32
+and float64 once the largest visible score s is above fill + 750, so the module's softmax and
+the cascade's (which uses -inf) agree, except on rows where every key is hidden."""
 
 _MAX_ATOMS = 4
 

@@ -5,11 +5,12 @@ Two shapes are recognized. (a) `torch.aten.scaled_dot_product_attention`, read f
 operands (is_causal, attn_mask, scale, enable_gqa; dropout_p must be 0). (b) The softmax written
 out: every `aten.softmax.int` / `aten._softmax` over the last dimension is followed back through
 scales (multiplication or division by a constant), masks (an added tensor, masked_fill or where
-with -inf) and layout no-ops to a matmul/bmm of queries and transposed keys, and forward
-through dropout in eval mode to the matmul of the weights with the values. In both, keys and
-values repeated per query head (LLaMA's repeat_kv, repeat_interleave) are read as grouped-query
-attention, and a mask computed from positions becomes a predicate (`mlir_symbolic`); any other
-mask stays a tensor input of the cascade. A softmax that does not fit is reported with the
+with -inf) and layout no-ops to a product of queries and keys (matmul or bmm with transposed
+keys, or an einsum), and forward through dropout in eval mode to the product of the weights
+with the values. In both, keys and values repeated per query head (LLaMA's repeat_kv,
+repeat_interleave; `mlir_layout`) are read as grouped-query attention, and a mask computed from
+positions becomes a predicate (`mlir_masks`); any other mask stays a tensor input of the
+cascade. A softmax that does not fit is reported with the
 reason. Shapes are static (torch.export specializes them), so every check here is exact.
 """
 
@@ -32,7 +33,9 @@ from attncc.frontends.torch.mlir_layout import (
 )
 from attncc.frontends.torch.mlir_masks import HIDING_FILL, MaskKind, MaskPredicate, mask_predicate
 from attncc.frontends.torch.mlir_ops import (
+    NotConstant,
     Use,
+    constant,
     constant_or,
     function_ops,
     is_float_tensor,
@@ -51,8 +54,12 @@ MATMUL = ("torch.aten.matmul", "torch.aten.bmm")
 EINSUM = "torch.aten.einsum"
 CAUSAL = Call("le", (Coord("m"), Coord("p")))
 
-_SCALES = {"torch.aten.mul.Scalar", "torch.aten.div.Scalar", "torch.aten.mul.Tensor"}
-_SCALES |= {"torch.aten.div.Tensor"}
+_SCALES = {
+    "torch.aten.mul.Scalar",
+    "torch.aten.div.Scalar",
+    "torch.aten.mul.Tensor",
+    "torch.aten.div.Tensor",
+}
 
 
 @dataclass(frozen=True)
@@ -126,17 +133,16 @@ def _sdpa(op: ir.Operation, position: int) -> AttentionSite:
     if len(op.operands) != 8:
         raise NoMatch(f"scaled_dot_product_attention with {len(op.operands)} operands, not 8")
     q, k, v, mask, dropout, causal, scale, gqa = op.operands
-    dropout_p = constant_or(dropout, math.nan)
+    try:
+        dropout_p, is_causal, scale_value = constant(dropout), constant(causal), constant(scale)
+        constant(gqa)  # enable_gqa is read from the shapes
+    except NotConstant:
+        raise NoMatch("dropout_p, is_causal, scale and enable_gqa must be constants") from None
     if dropout_p != 0.0:
         raise NoMatch(
             f"dropout_p={dropout_p}: attncc compiles attention without dropout "
             "(put the model in eval mode, or pass dropout_p=0 outside training)"
         )
-    is_causal, scale_value = constant_or(causal, None), constant_or(scale, math.nan)
-    if not isinstance(is_causal, bool) or not isinstance(constant_or(gqa, None), bool):
-        raise NoMatch("is_causal and enable_gqa must be constants")
-    if scale_value is not None and not isinstance(scale_value, int | float):
-        raise NoMatch("the scale must be a constant")
     key, value = key_value(q, k, v, key_transposed=False)
     dims = site_dims(q, key, value, key_transposed=False)
     terms = []
@@ -144,9 +150,8 @@ def _sdpa(op: ir.Operation, position: int) -> AttentionSite:
         kind = MaskKind.ADDITIVE if is_float_tensor(mask) else MaskKind.VISIBLE
         terms.append(MaskTerm(mask, kind, 1.0, (*shape_of(q)[:-1], dims.keys)))
     scale_float = None if scale_value is None else float(scale_value)
-    return _site(
-        op, position, dims, (q, key, value, op.result), False, scale_float, is_causal, terms
-    )
+    tensors = (q, key, value, op.result)
+    return _site(op, position, dims, tensors, False, scale_float, bool(is_causal), terms)
 
 
 # -- (b) the softmax written out -------------------------------------------------------------
