@@ -6,6 +6,7 @@ otherwise. Some are not attention as attncc compiles it and must be reported wit
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +28,24 @@ class ScaledOperands(nn.Module):
         return torch.softmax((q * 0.3) @ (k * 2.0).transpose(-1, -2), dim=-1) @ v
 
 
+@dataclass(frozen=True)
+class Window:
+    """A dataclass in a model file (with postponed annotations): the importer must register
+    the file as a module for it to be defined."""
+
+    size: int = 3
+
+
 class SlidingWindow(nn.Module):
     """A causal window of 3 keys from arange, filled with -1e9 (not -inf)."""
 
+    def __init__(self, window: Window = Window()) -> None:
+        super().__init__()
+        self.window = window
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         i = torch.arange(q.shape[-2])
-        keep = (i[:, None] - i[None, :] < 3) & (i[None, :] <= i[:, None])
+        keep = (i[:, None] - i[None, :] < self.window.size) & (i[None, :] <= i[:, None])
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         return F.softmax(scores.masked_fill(~keep, -1e9), dim=-1) @ v
 

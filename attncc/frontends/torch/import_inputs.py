@@ -55,11 +55,14 @@ def load_factory(ref: FactoryRef) -> torch.nn.Module:
     if spec is None or spec.loader is None:
         raise AttnccError(f"{ref.path}: not a Python file that can be imported")
     source = importlib.util.module_from_spec(spec)
-    # The file's own directory comes first, so it can import its neighbours.
+    # Registered as a module, as an import would (dataclasses and pickling look classes up
+    # there); the file's own directory comes first, so it can import its neighbours.
+    sys.modules[spec.name] = source
     sys.path.insert(0, str(ref.path.resolve().parent))
     try:
         spec.loader.exec_module(source)
     except Exception as error:
+        del sys.modules[spec.name]
         raise AttnccError(f"{ref.path}: importing it failed: {located(error, ref.path)}") from None
     finally:
         sys.path.pop(0)
