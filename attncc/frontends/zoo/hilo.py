@@ -13,7 +13,7 @@ Each group has its own Q, K and V (HiLo's `h_qkv` and `l_q`, `l_kv` projections)
 key/value groups under GQA; the outputs AVH[b,hh,f,p] and AVL[b,hl,f,p] are concatenated along
 the heads before the output projection. Pooling is an Einsum over the window offsets (SY, SX):
 
-    PK[b,gl,e,n] = sum(sy,sx) KL[b,gl,e,((n//W')*s + sy)*width + (n%W')*s + sx] / s^2
+    PK[b,gl,e,n] = sum(sy,sx) KL[b,gl,e,((n//W')*s + sy)*width + (n%W')*s + sx] * (1/s^2)
 
 with W' = width/s. Windows and pooling need height and width divisible by s; the cascade fixes
 P = M = height*width and the pooled key rank N = (height/s)*(width/s).
@@ -35,14 +35,15 @@ from attncc.ir import Cascade
 
 def hilo(
     *,
-    shape: tuple[int, int] = (16, 16),
+    shape: tuple[int, int] | str = (16, 16),
     window: int = 2,
     gqa_group: int | None = None,
     head_dim: int | None = None,
     value_dim: int | None = None,
 ) -> Cascade:
-    """HiLo attention (module docstring) on a `shape` grid of tokens with `window` x `window`
-    windows; `gqa_group` query heads per key/value head in both groups."""
+    """HiLo attention (module docstring) on a `shape` grid of tokens ((height, width) or
+    `HxW`) with `window` x `window` windows; `gqa_group` query heads per key/value head in
+    both groups."""
     height, width = _grid(shape, window)
     b = CascadeBuilder("hilo")
     batch = b.rank("B")
@@ -61,19 +62,25 @@ def hilo(
     # Key n is window (n // W', n % W') of the pooled grid; (sy, sx) a token inside it.
     pooled_width = width // window
     token = ((n // pooled_width) * window + sy) * width + (n % pooled_width) * window + sx
-    area = float(window * window)
+    # The mean: a constant factor of the sum, applied once per pooled key.
+    share = 1.0 / (window * window)
     for name, source, dim in (("PK", "KL", e), ("PV", "VL", f)):
-        b.let(name, [*lo.kv, dim, n], TensorRef(source)[(*lo.kv, dim, token)] / area)
+        b.let(name, [*lo.kv, dim, n], TensorRef(source)[(*lo.kv, dim, token)] * share)
     pooled = Operands(low.q, TensorRef("PK"), TensorRef("PV"), e=e, f=f, m=n, p=p)
     softmax_attention(b, lo, pooled, output="AVL", suffix="L")
     return b.build()
 
 
-def _grid(shape: tuple[int, int], window: int) -> tuple[int, int]:
+def _grid(shape: tuple[int, int] | str, window: int) -> tuple[int, int]:
+    """(height, width) from `shape` ((16, 16), or `16x16` as the CLI's -O gives it), checked
+    against the window."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"hilo: window must be a positive integer, got {window!r}")
+    if isinstance(shape, str):
+        parts = shape.lower().split("x")
+        shape = tuple(int(p) if p.isdigit() else p for p in parts)  # type: ignore[assignment]
     if not isinstance(shape, tuple | list) or len(shape) != 2:
-        raise ValueError(f"hilo: shape must be (height, width), got {shape!r}")
+        raise ValueError(f"hilo: shape must be (height, width) or HxW, got {shape!r}")
     height, width = shape
     for name, length in (("height", height), ("width", width)):
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
