@@ -6,7 +6,8 @@ flattens batch and heads. `peel` and `chain` look through them. `key_value` find
 values repeated per query head (LLaMA's repeat_kv: unsqueeze, expand, reshape; or
 repeat_interleave) and returns the tensors before the repeat, which makes the site
 grouped-query attention; `site_dims` checks that queries, keys and values multiply as attention
-and folds leading dims into batch and heads.
+and folds leading dims into batch and heads. `product` reads a matmul, a bmm or an einsum
+such as `bhqd,bhkd->bhqk` as one matrix product of its operands.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 
 from torch_mlir import ir
 
-from attncc.frontends.torch.mlir_ops import constant_or, normalize_dim, permutation, producer, shape
+from attncc.frontends.torch.mlir_ops import (
+    Use,
+    constant_or,
+    normalize_dim,
+    permutation,
+    producer,
+    shape,
+    users,
+)
 
 
 class NoMatch(Exception):
@@ -37,6 +46,9 @@ class SiteDims:
     head_dim: int
     value_dim: int
 
+
+MATMUL = ("torch.aten.matmul", "torch.aten.bmm")
+EINSUM = "torch.aten.einsum"
 
 # Operations that leave every element where it was: looked through in both directions.
 _SAME_DATA = {
@@ -188,6 +200,59 @@ def _repeat_source(x: ir.Value) -> tuple[ir.Value, int] | None:
     if shape(source) != (b, g, s, d) or out != (b, g * r, s, d):
         return None
     return source, r
+
+
+# -- Products: matmul, bmm, einsum. -------------------------------------------------------
+
+
+def product_uses(value: ir.Value) -> list[Use]:
+    """The uses of `value`, with an einsum's operand list seen through: (einsum, i) for a
+    value that is the i-th tensor of its list."""
+    found = []
+    for use in users(value):
+        if use.op.name == "torch.prim.ListConstruct":
+            found += [Use(u.op, use.index) for u in users(use.op.result) if u.op.name == EINSUM]
+        else:
+            found.append(use)
+    return found
+
+
+def product(op: ir.Operation) -> tuple[ir.Value, ir.Value, bool] | None:
+    """(a, b, transposed) when `op` computes a @ b (b [.., k, n]), or with `transposed`
+    a @ b^T (b [.., n, k]): a matmul, a bmm, or an einsum such as `bhqd,bhkd->bhqk`."""
+    if op.name in MATMUL:
+        return op.operands[0], op.operands[1], False
+    if op.name != EINSUM:
+        return None
+    equation, listed = constant_or(op.operands[0], None), producer(op.operands[1])
+    if not isinstance(equation, str) or listed is None or len(listed.operands) != 2:
+        return None
+    transposed = einsum_matmul(equation)
+    return None if transposed is None else (listed.operands[0], listed.operands[1], transposed)
+
+
+def einsum_matmul(equation: str) -> bool | None:
+    """Whether an einsum equation is L i c, L c j -> L i j (False: a matmul) or
+    L i c, L j c -> L i j (True: a matmul with the second operand transposed); None when it is
+    neither (L: the same batch indices, or `...`, on all three)."""
+    inputs, arrow, output = equation.replace(" ", "").partition("->")
+    terms = [_einsum_term(t) for t in (*inputs.split(","), output)]
+    if not arrow or len(terms) != 3 or any(len(t) < 2 for t in terms):
+        return None
+    (*lead, i, c), b, (*out_lead, i2, j) = terms
+    if lead != b[:-2] or lead != out_lead or i != i2 or len({i, c, j, *lead}) != len(lead) + 3:
+        return None
+    if b[-2:] == [c, j]:
+        return False
+    return True if b[-2:] == [j, c] else None
+
+
+def _einsum_term(term: str) -> list[str]:
+    """An einsum operand's indices, `...` as one index."""
+    return ["...", *term[3:]] if term.startswith("...") else list(term)
+
+
+# -- Sizes. ---------------------------------------------------------------------------------
 
 
 def site_dims(q: ir.Value, key: ir.Value, value: ir.Value, *, key_transposed: bool) -> SiteDims:

@@ -27,6 +27,8 @@ from attncc.frontends.torch.mlir_layout import (
     key_value,
     looks_through,
     peel,
+    product,
+    product_uses,
     shape_of,
     site_dims,
     swaps_last_two,
@@ -34,7 +36,6 @@ from attncc.frontends.torch.mlir_layout import (
 from attncc.frontends.torch.mlir_masks import HIDING_FILL, MaskKind, MaskPredicate, mask_predicate
 from attncc.frontends.torch.mlir_ops import (
     NotConstant,
-    Use,
     constant,
     constant_or,
     function_ops,
@@ -42,7 +43,6 @@ from attncc.frontends.torch.mlir_ops import (
     normalize_dim,
     producer,
     shape,
-    users,
 )
 from attncc.frontends.torch.mlir_symbolic import Symbolic, fold, scalar_constant, symbolic
 from attncc.frontends.torch.spec import AttentionSpec, MaskTensor, attention_cascade
@@ -50,8 +50,6 @@ from attncc.ir import Call, Cascade, Const, Coord, Expr
 
 SDPA = "torch.aten.scaled_dot_product_attention"
 SOFTMAX = ("torch.aten.softmax.int", "torch.aten._softmax")
-MATMUL = ("torch.aten.matmul", "torch.aten.bmm")
-EINSUM = "torch.aten.einsum"
 CAUSAL = Call("le", (Coord("m"), Coord("p")))
 
 _SCALES = {
@@ -202,12 +200,12 @@ def _weighted_sum(weights: ir.Value) -> tuple[ir.Operation, ir.Value]:
     pending, seen, consumers = [weights], set(), set()
     while pending:
         value = pending.pop()
-        for use in _product_uses(value):
+        for use in product_uses(value):
             name = use.op.name
             consumers.add(name)
-            product = _product(use.op) if use.index == 0 else None
-            if product is not None and not product[2]:
-                return use.op, product[1]
+            multiplied = product(use.op) if use.index == 0 else None
+            if multiplied is not None and not multiplied[2]:
+                return use.op, multiplied[1]
             if name == "torch.aten.dropout" and constant_or(use.op.operands[2], True) is True:
                 raise NoMatch(
                     "dropout is on after the softmax (training mode): attncc compiles "
@@ -225,53 +223,6 @@ def _weighted_sum(weights: ir.Value) -> tuple[ir.Operation, ir.Value]:
     )
 
 
-def _product_uses(value: ir.Value) -> list[Use]:
-    """The uses of `value`, with an einsum's operand list seen through: (einsum, i) for a
-    value that is the i-th tensor of its list."""
-    found = []
-    for use in users(value):
-        if use.op.name == "torch.prim.ListConstruct":
-            found += [Use(u.op, use.index) for u in users(use.op.result) if u.op.name == EINSUM]
-        else:
-            found.append(use)
-    return found
-
-
-def _product(op: ir.Operation) -> tuple[ir.Value, ir.Value, bool] | None:
-    """(a, b, transposed) when `op` computes a @ b (b [.., k, n]), or with `transposed`
-    a @ b^T (b [.., n, k]): a matmul, a bmm, or an einsum such as `bhqd,bhkd->bhqk`."""
-    if op.name in MATMUL:
-        return op.operands[0], op.operands[1], False
-    if op.name != EINSUM:
-        return None
-    equation, listed = constant_or(op.operands[0], None), producer(op.operands[1])
-    if not isinstance(equation, str) or listed is None or len(listed.operands) != 2:
-        return None
-    transposed = _einsum_matmul(equation)
-    return None if transposed is None else (listed.operands[0], listed.operands[1], transposed)
-
-
-def _einsum_matmul(equation: str) -> bool | None:
-    """Whether an einsum equation is L i c, L c j -> L i j (False: a matmul) or
-    L i c, L j c -> L i j (True: a matmul with the second operand transposed); None when it is
-    neither (L: the same batch indices, or `...`, on all three)."""
-    inputs, arrow, output = equation.replace(" ", "").partition("->")
-    terms = [_einsum_term(t) for t in (*inputs.split(","), output)]
-    if not arrow or len(terms) != 3 or any(len(t) < 2 for t in terms):
-        return None
-    (*lead, i, c), b, (*out_lead, i2, j) = terms
-    if lead != b[:-2] or lead != out_lead or i != i2 or len({i, c, j, *lead}) != len(lead) + 3:
-        return None
-    if b[-2:] == [c, j]:
-        return False
-    return True if b[-2:] == [j, c] else None
-
-
-def _einsum_term(term: str) -> list[str]:
-    """An einsum operand's indices, `...` as one index."""
-    return ["...", *term[3:]] if term.startswith("...") else list(term)
-
-
 def _scores(x: ir.Value, chain: _Chain) -> tuple[ir.Value, ir.Value, bool]:
     """Follow the softmax's input back to the product of queries and keys (`_product`),
     collecting scales and masks into `chain`."""
@@ -281,9 +232,9 @@ def _scores(x: ir.Value, chain: _Chain) -> tuple[ir.Value, ir.Value, bool]:
         name = op.name if op is not None else "a function argument"
         if op is None:
             break
-        product = _product(op)
-        if product is not None:
-            return product
+        multiplied = product(op)
+        if multiplied is not None:
+            return multiplied
         factor = _scale_factor(op)
         if factor is not None:
             chain.scale *= factor[0]
