@@ -224,7 +224,7 @@ def _weighted_sum(weights: ir.Value) -> tuple[ir.Operation, ir.Value]:
 
 
 def _scores(x: ir.Value, chain: _Chain) -> tuple[ir.Value, ir.Value, bool]:
-    """Follow the softmax's input back to the product of queries and keys (`_product`),
+    """Follow the softmax's input back to the product of queries and keys (`product`),
     collecting scales and masks into `chain`."""
     for _ in range(64):
         x = peel(x)
