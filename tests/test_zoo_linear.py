@@ -50,7 +50,7 @@ VARIANTS = (
     ),
     Variant(
         "hedgehog",
-        lambda: linear_attention(feature_map="hedgehog", feature_dim=8, batched=True),
+        lambda: linear_attention(feature_map="hedgehog", feature_dim=6, batched=True),
         "hedgehog",
     ),
     Variant(
@@ -173,7 +173,7 @@ def torch_reference(
 
 
 def _inputs(cascade: Cascade, seed: int, dtype: Any = np.float64) -> dict[str, np.ndarray]:
-    given = {"B": 2, "H": 4, "E": 32, "F": 16, "M": 150, "P": 130, "D": 8}
+    given = {"B": 2, "H": 4, "E": 24, "F": 16, "M": 150, "P": 130, "D": 6}
     known = {n: s for n, s in given.items() if _free(cascade, n)}
     if cascade.rank("G") is not None:
         known["G"] = 4 // cascade_group(cascade)

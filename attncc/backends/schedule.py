@@ -13,7 +13,9 @@ running (FuseMax's Cascade 5, what the `flash` pipeline produces) is one loop ne
         epilogue                                  # AV = RNV / RD
 
 Einsums of the key loop need not vary with the query: key-side values (linear attention's
-phi(K), its total of phi(K)^T V over the key tiles) are computed in every query tile's loop.
+phi(K)) are computed in every query tile's loop; when none of them varies with it (the total of
+phi(K)^T V of reassociated linear attention), the loop runs once, before the query tiles
+(`Schedule.hoisted`): O(M + P) work instead of a key loop per query tile.
 `schedule` sorts the Einsums into those roles and refuses, with the reason, a cascade that is
 not in this form; emitters never guess.
 """
@@ -78,6 +80,14 @@ class Schedule:
     @property
     def carried(self) -> tuple[Einsum, ...]:
         return tuple(e for e in self.body if e.iterative_index == self.key_tile_index)
+
+    @property
+    def hoisted(self) -> bool:
+        """The key loop runs once per grid point, before the query tiles, which then run one
+        after the other: no Einsum of the loop varies with the query (reassociated linear
+        attention's sums of phi(K)^T V serve every query) and no mask picks key tiles per
+        query tile. Otherwise each query tile runs its own key loop."""
+        return self.sparse is None and all(self.query not in e.space for e in self.body)
 
     @property
     def accumulated(self) -> tuple[Einsum, ...]:

@@ -231,6 +231,11 @@ def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
             writer.line(f"out_{decl.name} = np.empty(({dims},), dtype=_dtype)")
         writer.line("counts, indices, full = tiles")
         query_tile, query_rank = nest.query_tile, program.schedule.rank_of(program.query)
+        if nest.hoisted:
+            # One key loop for every query tile (the tile lists are alike: use the first).
+            key_side = tuple(op for op in program.prologue if not _per_query(op, program))
+            _ops(key_side, program, NumpyDialect(program, writer), writer, masked=True)
+            _key_loop(program, writer, "0")
         writer.line(f"for qt in range(-(-s_{query_rank} // {query_tile})):")
         with writer.indented():
             _query_tile(program, writer, query_tile, query_rank)
@@ -240,25 +245,40 @@ def emit_numpy(program: TileProgram, *, function: str = "kernel") -> str:
 
 
 def _query_tile(program: TileProgram, writer: SourceWriter, tile: int, rank: str) -> None:
-    query, key = program.query, program.key
-    inner = program.schedule.key.inner
+    query = program.query
     writer.line(f"p0 = qt * {tile}")
     writer.line(f"p1 = min(p0 + {tile}, s_{rank})")
     writer.line(f"n_{query} = p1 - p0")
     writer.line(f"x_{query} = np.arange(p0, p1).reshape({'1, ' * len(program.grid)}-1)")
     dialect = NumpyDialect(program, writer)
-    _ops(program.prologue, program, dialect, writer, masked=True)
+    hoisted = program.schedule.hoisted
+    prologue = [op for op in program.prologue if not hoisted or _per_query(op, program)]
+    _ops(tuple(prologue), program, dialect, writer, masked=True)
+    if not hoisted:
+        _key_loop(program, writer, "qt")
+    _ops(program.epilogue, program, NumpyDialect(program, writer), writer, masked=True)
+
+
+def _per_query(op: TileOp, program: TileProgram) -> bool:
+    return program.query in op.einsum.space
+
+
+def _key_loop(program: TileProgram, writer: SourceWriter, row: str) -> None:
+    """The carried values' initial values, the loop over the key tiles of tile list `row`,
+    and the final values after it."""
+    key, inner = program.key, program.schedule.key.inner
+    dialect = NumpyDialect(program, writer)
     for op in program.body:
         if op.carried:
             initial = initial_value(op, program, dialect).text
             writer.line(f"{value_name(op.tensor, previous=True)} = {initial}")
-    writer.line("for j in range(counts[qt]):")
+    writer.line(f"for j in range(counts[{row}]):")
     with writer.indented():
-        writer.line("m1 = int(indices[qt, j])")
+        writer.line(f"m1 = int(indices[{row}, j])")
         writer.line(f"n_{key} = min(s_{inner}, s_{program.schedule.key.rank} - m1 * s_{inner})")
         writer.line(f"x_{key} = np.arange(n_{key}).reshape({'1, ' * len(program.grid)}-1)")
         if any(op.sparse_mask for op in program.body):
-            writer.line("if full[qt, j]:")
+            writer.line(f"if full[{row}, j]:")
             with writer.indented():
                 full = NumpyDialect(program, writer, full_tile=True)
                 _ops(program.body, program, full, writer, masked=False)
@@ -280,7 +300,6 @@ def _query_tile(program: TileProgram, writer: SourceWriter, tile: int, rank: str
             writer.line(f"{value_name(op.tensor)} = {value_name(op.tensor, previous=True)}")
         if op.accumulated and op.tensor in outputs:
             _store(op, program, writer)
-    _ops(program.epilogue, program, NumpyDialect(program, writer), writer, masked=True)
 
 
 def _ops(

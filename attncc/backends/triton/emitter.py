@@ -297,6 +297,7 @@ def runtime_sizes(program: TileProgram) -> list[str]:
 
 def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter) -> None:
     query_rank = program.schedule.rank_of(program.query)
+    hoisted = program.schedule.hoisted
     # 64-bit grid indices: the batch and head offsets of a large tensor pass 2**31. Offsets
     # within one (batch, head) stay 32-bit, which keeps tiles of them in fewer registers.
     writer.line("qt = tl.program_id(0)")
@@ -305,12 +306,38 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
         rank = program.schedule.rank_of(var)
         writer.line(f"g_{var} = flat % s_{rank}")
         writer.line(f"flat = flat // s_{rank}")
-    writer.line(f"x_{program.query} = qt * BLOCK_Q + tl.arange(0, BLOCK_Q)")
-    writer.line(f"q_valid = x_{program.query} < s_{query_rank}")
     for var in program.features:
         writer.line(f"x_{var} = tl.arange(0, {shape.block(var)})")
+    per_query = tuple(op for op in program.prologue if program.query in op.einsum.space)
+    if hoisted:
+        # One program per grid point: the key loop once, then every query tile in turn.
+        key_side = tuple(op for op in program.prologue if op not in per_query)
+        _ops(key_side, program, TritonDialect(program, shape, writer, checked=True), writer)
+        _key_loop(program, shape, writer)
+        writer.line(f"for qt in range(0, tl.cdiv(s_{query_rank}, BLOCK_Q)):")
+        with writer.indented():
+            _query_tile(program, shape, writer, per_query)
+    else:
+        _query_tile(program, shape, writer, program.prologue)
+
+
+def _query_tile(
+    program: TileProgram, shape: KernelShape, writer: SourceWriter, prologue: tuple[TileOp, ...]
+) -> None:
+    """Query tile `qt`: its coordinates, prologue, key loop (unless hoisted) and epilogue."""
+    query_rank = program.schedule.rank_of(program.query)
+    writer.line(f"x_{program.query} = qt * BLOCK_Q + tl.arange(0, BLOCK_Q)")
+    writer.line(f"q_valid = x_{program.query} < s_{query_rank}")
+    _ops(prologue, program, TritonDialect(program, shape, writer, checked=True), writer)
+    if not program.schedule.hoisted:
+        _key_loop(program, shape, writer)
+    _ops(program.epilogue, program, TritonDialect(program, shape, writer, checked=True), writer)
+
+
+def _key_loop(program: TileProgram, shape: KernelShape, writer: SourceWriter) -> None:
+    """The carried values' initial values, the loop over the key tiles of query tile `qt`'s
+    list (the first list when hoisted: every list is alike then), and the final values."""
     prologue = TritonDialect(program, shape, writer, checked=True)
-    _ops(program.prologue, program, prologue, writer)
     for op in program.body:
         if op.carried:
             initial = initial_value(op, program, prologue).text
@@ -342,7 +369,6 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
             writer.line(f"{value_name(op.tensor)} = {value_name(op.tensor, previous=True)}")
         if op.accumulated and op.tensor in outputs:
             _store(op, program, after, writer)
-    _ops(program.epilogue, program, after, writer)
 
 
 def _convert_invariants(

@@ -172,7 +172,8 @@ def _launch(
     program = tile_program(nest)
     args |= {f"s_{rank}": sizes[rank] for rank in runtime_sizes(program)}
     args |= _device_lists(tile_classes(nest, sizes, ids), nest, sizes, device)
-    query_tiles = -(-sizes[nest.rank_of(nest.query)] // config.query_tile)
+    # A hoisted key loop runs once per grid point, whose program then walks the query tiles.
+    query_tiles = 1 if nest.hoisted else -(-sizes[nest.rank_of(nest.query)] // config.query_tile)
     grid_points = int(np.prod([sizes[nest.rank_of(g)] for g in nest.grid], dtype=np.int64))
     kernel = _runnable(jitted, device)
     try:
