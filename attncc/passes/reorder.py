@@ -178,7 +178,7 @@ def _refusal(cascade: Cascade, ranks: tuple[str, str], order: TokenOrder) -> str
             }
             for index in a.indices:
                 if laid_out and index_vars(index) & variables and not index.is_Symbol:
-                    text = f"{a.tensor}[{', '.join(format_index(i) for i in a.indices)}]"
+                    text = f"{a.tensor}[{','.join(format_index(i) for i in a.indices)}]"
                     return (
                         f"{einsum.tensor} reads {text} at {format_index(index)}: "
                         "only tensors read at plain positions can be permuted"
