@@ -90,12 +90,7 @@ class TokenOrder:
     def in_new_order(self, expr: Expr, coordinates: frozenset[str]) -> Expr:
         """`expr` (a mask, a score modification) with each coordinate in `coordinates`, an old
         position, written in the digits of the new position."""
-        terms = _Digits(self, coordinates).linear(expr)
-        if terms is not None and _mentions(expr, coordinates):
-            return _Digits(self, coordinates).value(*terms)
-        if isinstance(expr, Call):
-            return Call(expr.op, tuple(self.in_new_order(a, coordinates) for a in expr.args))
-        return expr
+        return _Digits(self, coordinates).rewrite(expr)
 
 
 def _weights(shape: tuple[int, ...]) -> list[int]:
@@ -126,6 +121,15 @@ class _Digits:
     def __init__(self, token_order: TokenOrder, coordinates: frozenset[str]) -> None:
         self.order = token_order
         self.coordinates = coordinates
+
+    def rewrite(self, expr: Expr) -> Expr:
+        """`expr` with each largest part that is a sum of digits written over new positions."""
+        terms = self.linear(expr)
+        if terms is not None and _mentions(expr, self.coordinates):
+            return self.value(*terms)
+        if isinstance(expr, Call):
+            return Call(expr.op, tuple(self.rewrite(a) for a in expr.args))
+        return expr
 
     def linear(self, expr: Expr) -> tuple[Terms, int] | None:
         """`expr` as a sum of digits plus a constant, or None where it is not one."""

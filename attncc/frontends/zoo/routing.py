@@ -4,8 +4,12 @@ blocks it attends, and the attention reads that choice as a block-table mask.
 This is the routing of BiFormer (Zhu et al. 2023, bi-level routing attention: region queries
 and keys are the means of their tokens, region affinity Q_r K_r^T over all channels, top-k key
 regions per query region, then token attention inside the chosen regions) on 1-D blocks of
-`block` tokens, and the block selection of SeerAttention, MoA and SALE with a mean-pooling gate
-in place of their learned or low-bit estimators. As Einsums (blocks of QB queries and KB keys):
+`block` tokens (2-D regions are 1-D blocks once the `reorder` pass has made them contiguous).
+SeerAttention (a learned gate on pooled Q and K) and SALE (a low-bit estimate of the scores)
+choose blocks the same way per head, from another estimate of the block affinity: `per_head`
+chooses per head from the mean-pooled one; MoA's per-head spans are static masks, and the
+Routing Transformer's k-means clusters another kind of table, neither built here. As Einsums
+(blocks of QB queries and KB keys):
 
     QP[h,e,i]  = sum(qb) Q[h,e,i*QB+qb] where i*QB + qb < P
     QM[h,e,i]  = QP[h,e,i] / min(QB, P - i*QB)                   pooled queries (block means)
@@ -30,7 +34,7 @@ runtime classifier, which reads the block table's data before the kernel starts 
 each tile exactly (`BLOCKS[p // 64, m // 64] != 0`: any/all of the table over the tile); the
 kernel then visits only the chosen key blocks. That classifier takes one table for the whole
 grid, so the shared choice (BiFormer's: affinity summed over heads) is what the kernels skip by.
-`per_head=True` chooses per query head (SeerAttention's and MoA's heads differ): the table
+`per_head=True` chooses per query head (SeerAttention's heads choose apart): the table
 gains a head index, which the classifier does not read, so the block-sparse pass keeps the key
 loop dense and the kernels apply the table as a mask in every tile: same results, no tile
 skipped. There is no batch rank: routing depends on each sequence's content and the table is
