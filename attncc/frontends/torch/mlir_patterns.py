@@ -9,7 +9,7 @@ with -inf) and layout no-ops to a product of queries and keys (matmul or bmm wit
 keys, or an einsum), and forward through dropout in eval mode to the product of the weights
 with the values. In both, keys and values repeated per query head (LLaMA's repeat_kv,
 repeat_interleave; `mlir_layout`) are read as grouped-query attention, and a mask computed from
-positions becomes a predicate (`mlir_masks`); any other mask stays a tensor input of the
+positions becomes a predicate (`position_masks`); any other mask stays a tensor input of the
 cascade. A softmax that does not fit is reported with the
 reason. Shapes are static (torch.export specializes them), so every check here is exact.
 """
@@ -33,7 +33,6 @@ from attncc.frontends.torch.mlir_layout import (
     site_dims,
     swaps_last_two,
 )
-from attncc.frontends.torch.mlir_masks import HIDING_FILL, MaskKind, MaskPredicate, mask_predicate
 from attncc.frontends.torch.mlir_ops import (
     NotConstant,
     constant,
@@ -44,7 +43,15 @@ from attncc.frontends.torch.mlir_ops import (
     producer,
     shape,
 )
-from attncc.frontends.torch.mlir_symbolic import Symbolic, fold, scalar_constant, symbolic
+from attncc.frontends.torch.mlir_symbolic import scalar_constant, symbolic
+from attncc.frontends.torch.position_masks import (
+    HIDING_FILL,
+    MaskKind,
+    MaskPredicate,
+    Symbolic,
+    fold,
+    mask_predicate,
+)
 from attncc.frontends.torch.spec import AttentionSpec, MaskTensor, attention_cascade
 from attncc.ir import Call, Cascade, Const, Coord, Expr
 

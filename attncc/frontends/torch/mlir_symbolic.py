@@ -6,19 +6,16 @@ leaves and returns, when every leaf is a constant or an arange, the tensor as on
 expression of its coordinates: element [i0, i1, ...] is `expr` with Coord("d0") = i0, and so on
 (`arange(8)[None, :] > arange(8)[:, None]` is `d1 > d0`). A dimension of size 1 has no
 coordinate in `expr`, so broadcasting is renaming. A value that depends on data (a function
-argument, a weight) is not symbolic: None. `mlir_masks` reads such masks as predicates.
+argument, a weight) is not symbolic: None. `position_masks` reads such masks as predicates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
 import sympy
 from torch_mlir import ir
 
-from attncc.backends.numpy.ops import MAP_OPS
 from attncc.frontends.torch.mlir_ops import (
     NotConstant,
     constant,
@@ -28,67 +25,8 @@ from attncc.frontends.torch.mlir_ops import (
     shape,
     splat_literal,
 )
+from attncc.frontends.torch.position_masks import Symbolic, axis, broadcast, normalized, rename
 from attncc.ir import Call, Const, Expr, index_symbol, index_value
-from attncc.ir import substitute as substitute_indices
-
-
-def axis(i: int) -> str:
-    return f"d{i}"
-
-
-@dataclass(frozen=True)
-class Symbolic:
-    """A tensor of `shape` whose element at coordinates (d0, d1, ...) is `expr`."""
-
-    shape: tuple[int, ...]
-    expr: Expr
-
-
-def rename(expr: Expr, mapping: dict[str, sympy.Expr]) -> Expr:
-    return substitute_indices(expr, mapping) if mapping else expr
-
-
-def normalized(dims: tuple[int, ...], expr: Expr) -> Symbolic:
-    """`expr` on a tensor of shape `dims`, with size-1 dimensions' coordinates set to 0."""
-    zero = {axis(i): sympy.Integer(0) for i, size in enumerate(dims) if size == 1}
-    return Symbolic(dims, fold(rename(expr, zero)))
-
-
-def broadcast(sym: Symbolic, target: tuple[int, ...]) -> Expr | None:
-    """`sym`'s expression on a tensor of shape `target` it broadcasts to (aligned right)."""
-    offset = len(target) - len(sym.shape)
-    if offset < 0:
-        return None
-    for i, size in enumerate(sym.shape):
-        if size not in (1, target[i + offset]):
-            return None
-    return rename(
-        sym.expr, {axis(i): index_symbol(axis(i + offset)) for i in range(len(sym.shape))}
-    )
-
-
-def fold(expr: Expr) -> Expr:
-    """Constant folding, and select(c, 1, 0) -> c (conditions are always 0/1 here)."""
-    if not isinstance(expr, Call):
-        return expr
-    args = tuple(fold(a) for a in expr.args)
-    if all(isinstance(a, Const) for a in args):
-        return Const(_evaluate(expr.op, [a.value for a in args if isinstance(a, Const)]))
-    if expr.op == "select":
-        cond, yes, no = args
-        if isinstance(cond, Const):
-            return yes if cond.value else no
-        if yes == Const(1.0) and no == Const(0.0):
-            return cond
-        if yes == Const(0.0) and no == Const(1.0):
-            return fold(Call("not", (cond,)))
-    return Call(expr.op, args)
-
-
-def _evaluate(op: str, values: list[float]) -> float:
-    with np.errstate(all="ignore"):
-        return float(MAP_OPS[op](*(np.float64(v) for v in values)))
-
 
 # -- The evaluator: one rule per torch dialect operation. ---------------------------------------
 

@@ -1,11 +1,18 @@
-"""Masks that a model computes from positions, read as predicates over key position m and
-query position p (the form `attncc.frontends.masks` uses and the cascade's filter takes).
+"""Masks computed from positions, read as predicates over key position m and query position p:
+the core both PyTorch frontends share (the torch-mlir importer builds `Symbolic` values from
+torch dialect operations, the FX frontend from graph nodes), free of either's types.
 
-`mask_predicate` takes a mask in symbolic form (`mlir_symbolic`), broadcasts it to the scores
-[..., p, m], and evaluates it for every truth assignment of the position comparisons it
-contains. Positions enter a mask only through those comparisons, so the table of visible
-assignments is a proof over all positions, not a sample; it is written back as a conjunction,
-a disjunction, or a sum of products of canonical comparisons (`m <= p`, `m >= p - 2`).
+A `Symbolic` is a tensor as one IR value expression of its coordinates: element [i0, i1, ...]
+is `expr` with Coord("d0") = i0, and so on (`arange(8)[None, :] > arange(8)[:, None]` is
+`d1 > d0`). A dimension of size 1 has no coordinate in `expr`, so broadcasting is renaming.
+
+`mask_predicate` broadcasts such a mask to the scores [..., p, m] and evaluates it for every
+truth assignment of the position comparisons it contains. Positions enter a mask only through
+those comparisons, so the table of visible assignments is a proof over all positions, not a
+sample; it is written back as a conjunction, a disjunction, or a sum of products of canonical
+comparisons (`m <= p`, `m >= p - 2`), the form `attncc.frontends.masks` uses and a cascade's
+filter takes. `rows_without_keys` says whether a predicate leaves some query row with no
+visible key, where a finite fill and -inf disagree.
 """
 
 from __future__ import annotations
@@ -15,10 +22,82 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import sympy
 
-from attncc.frontends.torch.mlir_symbolic import Symbolic, axis, broadcast, fold, rename
-from attncc.ir import Call, Const, Coord, Expr, as_index, index_symbol, index_value, walk
+from attncc.analysis import TileClass, classify_tiles
+from attncc.backends.numpy.ops import MAP_OPS
+from attncc.errors import AnalysisError
+from attncc.ir import (
+    Call,
+    Const,
+    Coord,
+    Expr,
+    as_index,
+    index_symbol,
+    index_value,
+    walk,
+)
+from attncc.ir import substitute as substitute_indices
+
+
+def axis(i: int) -> str:
+    return f"d{i}"
+
+
+@dataclass(frozen=True)
+class Symbolic:
+    """A tensor of `shape` whose element at coordinates (d0, d1, ...) is `expr`."""
+
+    shape: tuple[int, ...]
+    expr: Expr
+
+
+def rename(expr: Expr, mapping: dict[str, sympy.Expr]) -> Expr:
+    return substitute_indices(expr, mapping) if mapping else expr
+
+
+def normalized(dims: tuple[int, ...], expr: Expr) -> Symbolic:
+    """`expr` on a tensor of shape `dims`, with size-1 dimensions' coordinates set to 0."""
+    zero = {axis(i): sympy.Integer(0) for i, size in enumerate(dims) if size == 1}
+    return Symbolic(dims, fold(rename(expr, zero)))
+
+
+def broadcast(sym: Symbolic, target: tuple[int, ...]) -> Expr | None:
+    """`sym`'s expression on a tensor of shape `target` it broadcasts to (aligned right)."""
+    offset = len(target) - len(sym.shape)
+    if offset < 0:
+        return None
+    for i, size in enumerate(sym.shape):
+        if size not in (1, target[i + offset]):
+            return None
+    return rename(
+        sym.expr, {axis(i): index_symbol(axis(i + offset)) for i in range(len(sym.shape))}
+    )
+
+
+def fold(expr: Expr) -> Expr:
+    """Constant folding, and select(c, 1, 0) -> c (conditions are always 0/1 here)."""
+    if not isinstance(expr, Call):
+        return expr
+    args = tuple(fold(a) for a in expr.args)
+    if all(isinstance(a, Const) for a in args):
+        return Const(_evaluate(expr.op, [a.value for a in args if isinstance(a, Const)]))
+    if expr.op == "select":
+        cond, yes, no = args
+        if isinstance(cond, Const):
+            return yes if cond.value else no
+        if yes == Const(1.0) and no == Const(0.0):
+            return cond
+        if yes == Const(0.0) and no == Const(1.0):
+            return fold(Call("not", (cond,)))
+    return Call(expr.op, args)
+
+
+def _evaluate(op: str, values: list[float]) -> float:
+    with np.errstate(all="ignore"):
+        return float(MAP_OPS[op](*(np.float64(v) for v in values)))
+
 
 COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}
 _FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
@@ -217,3 +296,17 @@ def _join(op: str, parts: list[Expr]) -> Expr:
     for part in parts[1:]:
         result = Call(op, (result, part))
     return result
+
+
+def rows_without_keys(predicate: Expr, queries: int, keys: int) -> bool | None:
+    """Whether some query row p < `queries` sees no key m < `keys` under `predicate`; None when
+    the tile analysis cannot decide the predicate exactly. One tile per row, spanning every
+    key: a row's tile is EMPTY exactly when the row sees no key, decided from the predicate in
+    O(queries) (never a dense `queries` x `keys` evaluation)."""
+    try:
+        tiles = classify_tiles(
+            predicate, key_len=keys, query_len=queries, key_tile=keys, query_tile=1
+        )
+    except AnalysisError:
+        return None
+    return tiles.count(TileClass.EMPTY) > 0
