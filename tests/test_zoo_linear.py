@@ -17,13 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attncc.backends.execute import Backend, execute
+from attncc.backends.execute import Backend, execute, lower_for_tiles
+from attncc.backends.numpy.tiled import lower_tiled, numpy_source
+from attncc.backends.schedule import schedule
 from attncc.differential import random_inputs
 from attncc.errors import LoweringError
 from attncc.frontends.loader import load
 from attncc.frontends.zoo import ZOO
 from attncc.frontends.zoo.linear import lightning_attention, linear_attention
-from attncc.ir import Cascade, bind_sizes, parse_file, print_cascade
+from attncc.ir import Cascade, DType, bind_sizes, parse_file, print_cascade
 from attncc.passes import run_pipeline
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "zoo"
@@ -255,6 +257,24 @@ def test_chunked_form_is_refused_by_the_tiled_backends(backend: Backend) -> None
     cascade, inputs, _ = _fp32_case(VARIANTS[1], "chunked", seed=4)
     with pytest.raises(LoweringError, match=r"reads the running value RFKV at key tile p//M0"):
         execute(cascade, inputs, backend=backend)
+
+
+@pytest.mark.triton_interpret
+def test_reassociated_form_runs_its_key_loop_once() -> None:
+    """phi(K)^T V serves every query: one key loop per batch and head, then the query tiles."""
+    from attncc.backends.triton.launch import lower_triton
+
+    quadratic = lower_for_tiles(linear_attention(batched=True))
+    summed = lower_for_tiles(run_pipeline(linear_attention(batched=True), "reassociate")[0])
+    assert not schedule(quadratic).hoisted and schedule(summed).hoisted
+    assert "for j in range(counts[qt]):" in numpy_source(lower_tiled(quadratic))
+    source = numpy_source(lower_tiled(summed))
+    assert source.index("for j in range(counts[0]):") < source.index("for qt in range(")
+    dtypes = {name: DType.F32 for name in ("Q", "K", "V", "AV")}
+    kernel = lower_triton(summed, features={"e": 32, "f": 16}, dtypes=dtypes).source
+    assert kernel.index("for j in range(0, count):") < kernel.index(
+        "for qt in range(0, tl.cdiv(s_P, BLOCK_Q)):"
+    )
 
 
 # ----------------------------------------------------------------------------- the builders

@@ -32,7 +32,7 @@ from attncc.backends.emit import (
 )
 from attncc.backends.tile_program import InputRead, TileOp, TileProgram
 from attncc.errors import LoweringError
-from attncc.ir import Access, DType, ReduceOp, index_value
+from attncc.ir import Access, DType, ReduceOp, index_value, indices_used
 
 _CALLS = {
     "add": "({0} + {1})",
@@ -342,7 +342,7 @@ def _key_loop(program: TileProgram, shape: KernelShape, writer: SourceWriter) ->
         if op.carried:
             initial = initial_value(op, program, prologue).text
             writer.line(f"{value_name(op.tensor, previous=True)} = {initial}")
-    converted = _convert_invariants(program, prologue, writer)
+    converted, preloaded = _convert_invariants(program, prologue, writer)
     writer.line("count = tl.load(tile_counts + qt)")
     writer.line("for j in range(0, count):")
     with writer.indented():
@@ -353,10 +353,12 @@ def _key_loop(program: TileProgram, shape: KernelShape, writer: SourceWriter) ->
         writer.line("if tl.load(tile_full + qt * tiles_stride + j) != 0:")
         with writer.indented():
             full = TritonDialect(program, shape, writer, checked=False, converted=converted)
+            full.loads.update(preloaded)
             _ops(program.body, program, full, writer, masked=False)
         writer.line("else:")
         with writer.indented():
             partial = TritonDialect(program, shape, writer, checked=True, converted=converted)
+            partial.loads.update(preloaded)
             _ops(program.body, program, partial, writer)
         for op in program.body:
             if op.carried:
@@ -373,23 +375,34 @@ def _key_loop(program: TileProgram, shape: KernelShape, writer: SourceWriter) ->
 
 def _convert_invariants(
     program: TileProgram, prologue: TritonDialect, writer: SourceWriter
-) -> dict[tuple[str, str], str]:
+) -> tuple[dict[tuple[str, str], str], dict[Access, str]]:
     """Convert the prologue's values that the loop multiplies (Q scaled) to the products'
-    element type once, instead of once per key tile."""
+    element type once, instead of once per key tile; so too the inputs the loop multiplies
+    that do not vary with the keys (Q unscaled, a projection), loaded once before the loop.
+    Returns the converted operands by (value, summed axis) and the inputs loaded by access."""
     before_loop = {op.tensor for op in program.prologue}
+    keys = {program.key, program.key_tiles}
     converted: dict[tuple[str, str], str] = {}
+    preloaded: dict[Access, str] = {}
     for op in program.body:
         if op.contraction is None or op.reduced is None:
             continue
         for factor in (op.contraction.lhs, op.contraction.rhs):
-            if not (isinstance(factor, Access) and factor.tensor in before_loop):
+            if not isinstance(factor, Access):
                 continue
-            code = Code(value_name(factor.tensor), program.value_axes[factor.tensor])
+            operand = program.operand(factor)
+            if factor.tensor in before_loop:
+                code = Code(value_name(factor.tensor), program.value_axes[factor.tensor])
+            elif isinstance(operand, InputRead) and not keys & indices_used(factor):
+                code = prologue.operand(factor, operand)
+                preloaded[factor] = code.text
+            else:
+                continue
             if (code.text, op.reduced) not in converted:
                 name = f"d{len(converted)}_{factor.tensor}"
                 writer.line(f"{name} = {prologue.dot_operand(code, op.reduced)}")
                 converted[(code.text, op.reduced)] = name
-    return converted
+    return converted, preloaded
 
 
 def _ops(
