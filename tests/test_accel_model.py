@@ -223,3 +223,34 @@ def test_an_array_spreads_another_roles_index_when_the_einsum_lacks_its_own() ->
     assert result.phases[0].bound == "1d"
     assert result.util("1d") > 0.95
     assert result.phases[0].residency.rows == 256
+
+
+def test_grouped_query_attention_counts_each_head_once() -> None:
+    """B = 2, G = 2 key heads, H = 4*G = 8 query heads, M = P = 4096, E = F = 64, 16-bit words.
+
+    DRAM (by hand): Q and AV 2*8*64*4096 words each (8 MiB each), K and V 2*2*64*4096 words
+    each (2 MiB each): 20 MiB, the compulsory traffic (all 4096 rows of an instance fit the
+    16 MiB buffer, so K and V are read once). Plain multi-head attention at H = 8 reads K and
+    V for every head: 32 MiB.
+
+    Latency (by hand): the 1-D array sets the pace. Per (b, h), with M1 = 16 key tiles:
+    RM 1, PRM 8 (add, compare, exp = 6 MACs, select 0), SPD 1, RD 1, SPNV 64, RNV 64 cycles
+    per (m1, p): 139 * 16 * 4096 = 9,109,504, plus AV's 64 * 4096 = 262,144 divisions:
+    9,371,648 cycles; 16 (b, h) pairs on 256 PEs: 585,728 cycles at 940 MHz."""
+    arch = load_architecture("fusemax")
+    shape = (("M", 4096), ("P", 4096), ("E", 64), ("F", 64))
+    gqa = attention_1pass(batched=True, gqa_group=4, tile=256, scale=1.0)
+    mha = attention_1pass(batched=True, tile=256, scale=1.0)
+    grouped = evaluate(gqa, arch, Workload("gqa", (("B", 2), ("G", 2), *shape)))
+    plain = evaluate(mha, arch, Workload("mha", (("B", 2), ("H", 8), *shape)))
+
+    assert grouped.dram_bytes == 20 * 2**20
+    assert plain.dram_bytes == 32 * 2**20
+    assert grouped.latency == pytest.approx(585728 / 940e6, rel=1e-12)
+    assert plain.latency == pytest.approx(grouped.latency, rel=1e-12)
+    # Same work, so the same compute energy; DRAM energy follows the words (62.4 pJ each).
+    assert dict(grouped.energy)["mac"] == pytest.approx(dict(plain.energy)["mac"])
+    assert dict(grouped.energy)["dram"] == pytest.approx(10 * 2**20 * 62.4)
+    assert dict(plain.energy)["dram"] == pytest.approx(16 * 2**20 * 62.4)
+    # One instance is one batch entry's group: the four query heads that share a key head.
+    assert grouped.phases[0].residency.row_words == 4 * (64 + 1 + 1 + 64)

@@ -63,12 +63,16 @@ class Roles:
 
 @dataclass(frozen=True)
 class EinsumFacts:
+    """`sparse`: the density symbols (`density_S`) of the block-sparse declarations whose key
+    tiles and queries the Einsum iterates: each hides tiles from it, as the cost analysis
+    counts (the product of their densities)."""
+
     name: str
     space: frozenset[str]
     ops: tuple[tuple[str, Formula], ...]
     reads: tuple[str, ...]
     pass_number: int | None
-    sparse: bool
+    sparse: tuple[str, ...]
 
     def kinds(self) -> set[str]:
         return {kind for kind, _ in self.ops}
@@ -122,7 +126,6 @@ def cascade_facts(
         passes = count_passes(cascade, roles.key)
     cost = {c.einsum: c for c in cascade_cost(cascade).einsums}
     adjusted = {e.tensor: _hardware_ops(cascade, e) for e in cascade.einsums}
-    sparse_indices = {(s.key_tile_index, s.query_index) for s in cascade.sparse}
     einsums = []
     for einsum in cascade.einsums:
         counts = dict(cost[einsum.tensor].ops)
@@ -134,7 +137,11 @@ def cascade_facts(
             if sympy.expand(count) != 0
         ]
         reads = tuple(dict.fromkeys(a.tensor for a in einsum.read_accesses()))
-        sparse = any({k, q} <= einsum.space for k, q in sparse_indices)
+        sparse = tuple(
+            density_symbol(s).name
+            for s in cascade.sparse
+            if {s.key_tile_index, s.query_index} <= einsum.space
+        )
         number = passes.placement(einsum.tensor).pass_number
         einsums.append(EinsumFacts(einsum.tensor, einsum.space, tuple(ops), reads, number, sparse))
     names = [d.name for d in cascade.inputs + cascade.outputs] + [e.tensor for e in cascade.einsums]
@@ -258,8 +265,8 @@ def _views(cascade: Cascade) -> list[tuple[str, str]]:
 
 
 def _live(cascade: Cascade, roles: Roles, passes: RankPasses) -> tuple[LiveFacts, ...]:
-    """Per-pass live values over the key traversal, with their size per query row."""
-    per_instance_row = (roles.query, *roles.instances)
+    """Per-pass live values over the key traversal, with their size per query row (the
+    query rank at 1; instance ranks stay, the model evaluates them at one instance's sizes)."""
     found = []
     for pass_footprint in footprint(cascade, passes).passes:
         number = pass_footprint.pass_number
@@ -269,7 +276,7 @@ def _live(cascade: Cascade, roles: Roles, passes: RankPasses) -> tuple[LiveFacts
                 readers: tuple[str, ...] = (live.tensor,)
             else:
                 readers = tuple(e.tensor for e in in_pass if live.tensor in e.reads)
-            ones = {s: 1 for s in live.elements.free_symbols if s.name in per_instance_row}
+            ones = {s: 1 for s in live.elements.free_symbols if s.name == roles.query}
             found.append(
                 LiveFacts(
                     live.tensor,

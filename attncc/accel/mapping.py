@@ -18,6 +18,11 @@ cascade's Einsums are grouped into phases that overlap or take turns.
 - Tiles: M0 (the cascade's partition tile, else the array's key extent), P0 (query rows on
   the array), P1 (query tiles resident in the buffer at once; by default as many as fit,
   derived by attncc.accel.traffic from the buffer capacity).
+- Residency: `residency.query_tiles` says how a P1 that is not given is chosen from what fits:
+  `divisor` (default: rounded down to a divisor of the query tiles, the FuseMax artifact's
+  rule, so every chunk is full) or `fit` (as many as fit; the last chunk may be short);
+  `residency.key_tiles` is how many key tiles of the key-indexed inputs (K, V) the buffer
+  reserves beside the query rows (default 1, the artifact's; 2 double-buffers them).
 
 Options come from the architecture preset's `mapping:` section, overridden by the user's.
 """
@@ -36,7 +41,9 @@ from attncc.ir import Cascade
 from attncc.passes.fuse import fusion_groups
 
 ROLES = ("key", "query")
-OPTIONS = ("overlap", "fusion", "spatial", "bind", "tiles", "ranks", "phases")
+OPTIONS = ("overlap", "fusion", "spatial", "bind", "tiles", "ranks", "phases", "residency")
+RESIDENCY = {"query_tiles": "divisor", "key_tiles": 1}
+"""Defaults of the `residency` option (the FuseMax artifact's rules)."""
 
 
 class Overlap(enum.Enum):
@@ -49,11 +56,19 @@ class Fusion(enum.Enum):
     PER_ARRAY = "per-array"
 
 
+class Fill(enum.Enum):
+    """How P1 follows from the query tiles that fit in the buffer."""
+
+    DIVISOR = "divisor"
+    FIT = "fit"
+
+
 @dataclass(frozen=True)
 class Mapping:
     """`bindings`: Einsum -> array (views of inputs and copies are loads, bound to none);
     `spatial`: array -> the index each of its dimensions spreads; `tiles`: index -> extent
-    on the array; `query_tiles`: P1, or None to fill the buffer."""
+    on the array; `query_tiles`: P1, or None to fill the buffer as `fill` says;
+    `key_tiles`: key tiles of the key-indexed inputs the buffer reserves."""
 
     bindings: tuple[tuple[str, str], ...]
     spatial: tuple[tuple[str, tuple[str, ...]], ...]
@@ -61,6 +76,8 @@ class Mapping:
     overlap: Overlap
     phases: tuple[tuple[str, ...], ...]
     query_tiles: int | None
+    fill: Fill = Fill.DIVISOR
+    key_tiles: int = 1
 
     def array_of(self, einsum: str) -> str | None:
         return dict(self.bindings).get(einsum)
@@ -101,6 +118,7 @@ def plan(
         phases = _given_phases(cascade, merged["phases"], where)
     else:
         phases = _phases(cascade, chosen, fusion)
+    fill, key_tiles = _residency(merged.get("residency", {}), where)
     return facts, Mapping(
         tuple(chosen.items()),
         tuple(spatial.items()),
@@ -108,6 +126,8 @@ def plan(
         overlap,
         phases,
         query_tiles,
+        fill,
+        key_tiles,
     )
 
 
@@ -212,49 +232,85 @@ def _bindings(
     given: object,
     where: str,
 ) -> dict[str, str]:
-    given = _dict(given, f"{where}: bind")
+    """Einsum -> array: the user's binding where given, else the best array for it."""
+    bind = _given_bindings(facts, arch, _dict(given, f"{where}: bind"), where)
+    chosen = {}
+    for einsum in facts.einsums:
+        if not einsum.ops:
+            continue
+        if einsum.name in bind:
+            chosen[einsum.name] = _check_bound(einsum, bind[einsum.name], arch, where).name
+        else:
+            chosen[einsum.name] = _best_array(einsum, arch, spatial, tiles).name
+    return chosen
+
+
+def _given_bindings(
+    facts: CascadeFacts, arch: Architecture, given: dict[str, Any], where: str
+) -> dict[str, PEArray]:
     names = [e.name for e in facts.einsums]
+    found = {}
     for name, array_name in given.items():
         if name not in names:
             raise SpecError(
                 f"{where}: bind.{name}: {facts.cascade.name} has no Einsum {name}; "
                 f"its Einsums: {', '.join(names)}"
             )
-        if arch.array(str(array_name)) is None:
+        array = arch.array(str(array_name))
+        if array is None:
             known = ", ".join(a.name for a in arch.arrays)
             raise SpecError(
                 f"{where}: bind.{name}: {arch.name} has no array {array_name!r}; arrays: {known}"
             )
-    chosen = {}
-    for einsum in facts.einsums:
-        if not einsum.ops:
-            continue
-        if einsum.name in given:
-            array = arch.array(str(given[einsum.name]))
-            assert array is not None
-            missing = sorted(einsum.kinds() - {o.kind for o in array.ops})
-            if missing:
-                raise SpecError(
-                    f"{where}: bind.{einsum.name}: Einsum {einsum.name} needs "
-                    f"{', '.join(missing)}, which array {array.name} of {arch.name} lacks "
-                    f"(it runs {', '.join(o.kind for o in array.ops)}); bind it to another "
-                    f"array or add the operation to arrays.{array.name}.ops"
-                )
-            chosen[einsum.name] = array.name
-            continue
-        able = [a for a in arch.arrays if a.supports(einsum.kinds())]
-        if not able:
+        found[name] = array
+    return found
+
+
+def _check_bound(einsum: EinsumFacts, array: PEArray, arch: Architecture, where: str) -> PEArray:
+    missing = sorted(einsum.kinds() - {o.kind for o in array.ops})
+    if missing:
+        raise SpecError(
+            f"{where}: bind.{einsum.name}: Einsum {einsum.name} needs "
+            f"{', '.join(missing)}, which array {array.name} of {arch.name} lacks "
+            f"(it runs {', '.join(o.kind for o in array.ops)}); bind it to another "
+            f"array or add the operation to arrays.{array.name}.ops"
+        )
+    return array
+
+
+def _best_array(
+    einsum: EinsumFacts,
+    arch: Architecture,
+    spatial: dict[str, tuple[str, ...]],
+    tiles: dict[str, int],
+) -> PEArray:
+    able = [a for a in arch.arrays if a.supports(einsum.kinds())]
+    if not able:
+        raise SpecError(
+            f"Einsum {einsum.name} needs {', '.join(sorted(einsum.kinds()))}; no array of "
+            f"{arch.name} ({arch.source}) runs all of them: add the missing operations to "
+            "an array's ops"
+        )
+    # The most busy PEs; on a tie the array it fills (RM on the 1-D array, not on one
+    # column of the 2-D one).
+    shares = {a.name: efficiency(einsum, a, spatial[a.name], tiles) for a in able}
+    return max(able, key=lambda a: (a.pes * shares[a.name], shares[a.name]))
+
+
+def _residency(given: object, where: str) -> tuple[Fill, int]:
+    options = {**RESIDENCY, **_dict(given, f"{where}: residency")}
+    for key in options:
+        if key not in RESIDENCY:
             raise SpecError(
-                f"Einsum {einsum.name} needs {', '.join(sorted(einsum.kinds()))}; no array of "
-                f"{arch.name} ({arch.source}) runs all of them: add the missing operations to "
-                "an array's ops"
+                f"{where}: residency.{key}: unknown field; fields: {', '.join(RESIDENCY)}"
             )
-        # The most busy PEs; on a tie the array it fills (RM on the 1-D array, not on one
-        # column of the 2-D one).
-        shares = {a.name: efficiency(einsum, a, spatial[a.name], tiles) for a in able}
-        best = max(able, key=lambda a: (a.pes * shares[a.name], shares[a.name]))
-        chosen[einsum.name] = best.name
-    return chosen
+    fill = _enum(Fill, options["query_tiles"], f"{where}: residency.query_tiles")
+    key_tiles = options["key_tiles"]
+    if isinstance(key_tiles, bool) or not isinstance(key_tiles, int) or key_tiles < 1:
+        raise SpecError(
+            f"{where}: residency.key_tiles: must be a positive integer, got {key_tiles!r}"
+        )
+    return fill, key_tiles
 
 
 @functools.lru_cache(maxsize=64)

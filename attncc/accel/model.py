@@ -15,32 +15,54 @@ different cascade changes the counts, the passes and the footprint, and so the r
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import sympy
+
+from attncc.accel.density import chunk_density, mask_densities
 from attncc.accel.energy import add, compute_energy, memory_energy
 from attncc.accel.facts import CascadeFacts, EinsumFacts
 from attncc.accel.mapping import Mapping as AccelMapping
 from attncc.accel.mapping import Overlap, efficiency, plan
 from attncc.accel.spec import Architecture, Issue, SpecError
 from attncc.accel.traffic import Residency, Sizes, phase_traffic
-from attncc.analysis.block_sparse import densities, sparse_mask
-from attncc.analysis.sparsity import classify_tiles
+from attncc.analysis.block_sparse import density_symbol
 from attncc.errors import AttnccError, ShapeError
 from attncc.ir import Cascade, bind_sizes
 
 
 @dataclass(frozen=True)
 class Workload:
-    """Rank sizes of the cascade (`M`, `P`, `E`, ...; `density_S` for a mask that reads data)
-    and `instances`, the independent problems it does not write (batch x heads)."""
+    """Rank sizes of the cascade (`M`, `P`, `E`, ...: positive integers; `density_S` for a
+    mask that reads data: a share in (0, 1]) and `instances`, the independent problems it
+    does not write (batch x heads), a positive integer. Checked when made."""
 
     name: str
     sizes: tuple[tuple[str, float], ...]
     instances: int = 1
+
+    def __post_init__(self) -> None:
+        problem = size_problem("instances", self.instances)
+        if problem is not None:
+            raise ShapeError(f"workload {self.name}: {problem}")
+        for key, value in self.sizes:
+            problem = size_problem(key, value)
+            if problem is not None:
+                raise ShapeError(f"workload {self.name}: {problem}")
+
+
+def size_problem(key: str, value: object) -> str | None:
+    """What is wrong with `value` as workload field `key` (a rank size, `instances` or a
+    `density_S`), or None."""
+    density = key.startswith("density_")
+    wanted = "a tile density in (0, 1]" if density else "a positive integer"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return f"{key}: must be {wanted}, got {value!r}"
+    fits = 0 < value <= 1 if density else value >= 1 and value == int(value)
+    return None if fits else f"{key}: must be {wanted}, got {value!r}"
 
 
 @dataclass(frozen=True)
@@ -116,78 +138,91 @@ def evaluate(
     """Model `cascade` on `arch` at `workload`, with the preset's mapping and `mapping`'s
     overrides."""
     facts, chosen = plan(cascade, arch, mapping)
-    sizes = _sizes(facts, workload)
-    instances = workload.instances * math.prod(sizes.values[r] for r in facts.roles.instances)
-    per_instance = Sizes(facts, {**sizes.values, **{r: 1.0 for r in facts.roles.instances}})
-    reports = {
-        e.name: _einsum(facts, e, arch, chosen, per_instance, instances) for e in facts.einsums
-    }
-    density = _chunk_density(facts, per_instance)
-    phases, energies = [], [r[1] for r in reports.values()]
-    for k, names in enumerate(chosen.phases):
-        traffic = phase_traffic(facts, chosen, arch, k, per_instance, density)
-        by_array: dict[str, float] = {}
-        for name in names:
-            report = reports[name][0]
-            if report.array is not None:
-                by_array[report.array] = by_array.get(report.array, 0.0) + report.seconds
-        compute = (
-            max(by_array.values(), default=0.0)
-            if chosen.overlap is Overlap.PIPELINED
-            else sum(by_array.values())
-        )
-        words = traffic.dram_read + traffic.dram_write
-        dram_bytes = words * arch.data_bytes * instances
-        buffer_bytes = (traffic.buffer_read + traffic.buffer_write) * arch.data_bytes * instances
-        memory = dram_bytes / arch.dram_bandwidth
-        buffer = buffer_bytes / (arch.buffer.bytes_per_cycle * arch.clock)
-        phases.append(
-            PhaseReport(
-                names,
-                tuple(sorted(by_array.items())),
-                compute,
-                memory,
-                buffer,
-                max(compute, memory, buffer),
-                dram_bytes,
-                traffic.residency,
-            )
-        )
-        energies.append(
-            {
-                k: v * instances
-                for k, v in memory_energy(
-                    arch,
-                    traffic.buffer_read,
-                    traffic.buffer_write,
-                    traffic.dram_read,
-                    traffic.dram_write,
-                ).items()
-            }
-        )
-    latency = sum(p.latency for p in phases)
-    energy = add(energies)
-    utilization = {
-        a.name: sum(r.useful_seconds for r, _ in reports.values() if r.array == a.name)
-        * (1.0 / latency if latency else 0.0)
-        for a in arch.arrays
-    }
+    sizes, instances = _instance_sizes(facts, workload)
+    reports = {e.name: _einsum(facts, e, arch, chosen, sizes, instances) for e in facts.einsums}
+    density = chunk_density(facts, sizes.values)
+    phases = [
+        _phase(facts, chosen, arch, k, sizes, density, reports, instances)
+        for k in range(len(chosen.phases))
+    ]
+    latency = sum(p.latency for p, _ in phases)
+    energy = add([e for _, e in reports.values()] + [e for _, e in phases])
     return Result(
         design=arch.name,
         cascade=cascade.name,
         workload=workload.name,
         latency=latency,
-        dram_bytes=sum(p.dram_bytes for p in phases),
+        dram_bytes=sum(p.dram_bytes for p, _ in phases),
         energy_pj=sum(energy.values()),
         energy=tuple(sorted(energy.items())),
-        utilization=tuple(utilization.items()),
+        utilization=_utilization(arch, [r for r, _ in reports.values()], latency),
         einsums=tuple(r for r, _ in reports.values()),
-        phases=tuple(phases),
+        phases=tuple(p for p, _ in phases),
         mapping=chosen,
     )
 
 
-def _sizes(facts: CascadeFacts, workload: Workload) -> Sizes:
+def _phase(
+    facts: CascadeFacts,
+    mapping: AccelMapping,
+    arch: Architecture,
+    phase: int,
+    sizes: Sizes,
+    density: Callable[[str, int], float],
+    reports: Mapping[str, tuple[EinsumReport, dict[str, float]]],
+    instances: float,
+) -> tuple[PhaseReport, dict[str, float]]:
+    """Phase `phase` over all instances: its arrays' compute time, overlapped or in turns,
+    against its DRAM and buffer time; and the energy of the words it moves."""
+    names = mapping.phases[phase]
+    traffic = phase_traffic(facts, mapping, arch, phase, sizes, density)
+    by_array: dict[str, float] = {}
+    for name in names:
+        einsum = reports[name][0]
+        if einsum.array is not None:
+            by_array[einsum.array] = by_array.get(einsum.array, 0.0) + einsum.seconds
+    compute = (
+        max(by_array.values(), default=0.0)
+        if mapping.overlap is Overlap.PIPELINED
+        else sum(by_array.values())
+    )
+    dram_bytes = (traffic.dram_read + traffic.dram_write) * arch.data_bytes * instances
+    buffer_bytes = (traffic.buffer_read + traffic.buffer_write) * arch.data_bytes * instances
+    memory = dram_bytes / arch.dram_bandwidth
+    buffer = buffer_bytes / (arch.buffer.bytes_per_cycle * arch.clock)
+    report = PhaseReport(
+        names,
+        tuple(sorted(by_array.items())),
+        compute,
+        memory,
+        buffer,
+        max(compute, memory, buffer),
+        dram_bytes,
+        traffic.residency,
+    )
+    moved = memory_energy(
+        arch, traffic.buffer_read, traffic.buffer_write, traffic.dram_read, traffic.dram_write
+    )
+    return report, {action: pj * instances for action, pj in moved.items()}
+
+
+def _utilization(
+    arch: Architecture, reports: list[EinsumReport], latency: float
+) -> tuple[tuple[str, float], ...]:
+    """Per array, the PE-seconds its Einsums need over the PE-seconds of the whole run."""
+    return tuple(
+        (
+            a.name,
+            sum(r.useful_seconds for r in reports if r.array == a.name) / latency
+            if latency
+            else 0.0,
+        )
+        for a in arch.arrays
+    )
+
+
+def _sizes(facts: CascadeFacts, workload: Workload) -> dict[str, int]:
+    """Every rank's size (derived ones too) from the workload's."""
     given = dict(workload.sizes)
     cascade = facts.cascade
     ranks = {r.name for r in cascade.all_ranks()}
@@ -198,24 +233,72 @@ def _sizes(facts: CascadeFacts, workload: Workload) -> Sizes:
             f"its ranks: {', '.join(sorted(ranks))} (batch and heads it lacks go in instances)"
         )
     try:
-        bound: dict[str, float] = {
-            k: float(v)
-            for k, v in bind_sizes(
-                cascade, {k: int(v) for k, v in given.items() if k in ranks}
-            ).items()
-        }
+        return bind_sizes(cascade, {k: int(v) for k, v in given.items() if k in ranks})
     except AttnccError as error:
         raise ShapeError(f"workload {workload.name}: {error}") from None
-    bound |= _densities(cascade, tuple(sorted((k, int(v)) for k, v in bound.items())))
-    bound |= {k: float(v) for k, v in given.items() if k.startswith("density_")}
+
+
+def _instance_sizes(facts: CascadeFacts, workload: Workload) -> tuple[Sizes, float]:
+    """The sizes of one instance, with the mask densities, and how many instances there are.
+
+    An instance fixes the free ranks that the instance ranks' sizes are made of (B, and G of
+    `H = 4*G`) at 1, and derives the rest: one batch entry's group of four query heads that
+    share a key head. Setting a derived rank (H) to 1 instead would leave G, and so the work
+    of every head, in each instance."""
+    cascade = facts.cascade
+    full = _sizes(facts, workload)
+    free = _instance_symbols(facts)
+    given = {
+        r.name: (1 if r.name in free else full[r.name])
+        for r in cascade.all_ranks()
+        if _is_free(r.name, r.size)
+    }
+    try:
+        one = bind_sizes(cascade, given)
+    except AttnccError as error:
+        raise ShapeError(
+            f"workload {workload.name}: one instance ({', '.join(sorted(free))} at 1) has no "
+            f"integer sizes: {error}; declare the instance ranks as multiples of free ranks "
+            "(rank G, H = 4*G)"
+        ) from None
+    values: dict[str, float] = {k: float(v) for k, v in one.items()}
+    values |= mask_densities(cascade, tuple(sorted(full.items())))
+    values |= {k: float(v) for k, v in workload.sizes if k.startswith("density_")}
     for sparse in cascade.sparse:
-        name = f"density_{sparse.tensor}"
-        if name not in bound:
+        name = density_symbol(sparse).name
+        if name not in values:
             raise ShapeError(
                 f"workload {workload.name}: the mask of {sparse.tensor} reads data; give its "
                 f"tile density as {name}=..."
             )
-    return Sizes(facts, bound)
+    instances = workload.instances * math.prod(full[name] for name in free)
+    return Sizes(facts, values), float(instances)
+
+
+def _is_free(name: str, size: sympy.Expr) -> bool:
+    return isinstance(size, sympy.Symbol) and size.name == name
+
+
+def _instance_symbols(facts: CascadeFacts) -> frozenset[str]:
+    """The free ranks the instance ranks' sizes are made of, through derived ranks."""
+    cascade = facts.cascade
+    roles = facts.roles
+    found: set[str] = set()
+    todo = list(roles.instances)
+    while todo:
+        rank = cascade.rank(todo.pop())
+        assert rank is not None, "roles name declared ranks"
+        if _is_free(rank.name, rank.size):
+            found.add(rank.name)
+        else:
+            todo += [s.name for s in rank.size.free_symbols if s.name not in found]
+    shared = found & {roles.key, roles.query, roles.outer, roles.inner}
+    if shared:
+        raise ShapeError(
+            f"{cascade.name}: the instance ranks {', '.join(roles.instances)} are sized by "
+            f"{', '.join(sorted(shared))}, which the model traverses, not repeats"
+        )
+    return frozenset(found)
 
 
 def _einsum(
@@ -256,46 +339,3 @@ def _einsum(
         sum(energy.values()),
     )
     return report, energy
-
-
-def _chunk_density(facts: CascadeFacts, sizes: Sizes) -> Callable[[int], float]:
-    """The share of key tiles a chunk of `rows` query rows visits, for key-indexed inputs."""
-    cascade = facts.cascade
-    if not cascade.sparse:
-        return lambda rows: 1.0
-    fallback = sizes.values[f"density_{cascade.sparse[0].tensor}"]
-    values = tuple(
-        sorted((k, int(v)) for k, v in sizes.values.items() if not k.startswith("density_"))
-    )
-    return lambda rows: _tile_density(cascade, values, rows, fallback)
-
-
-@functools.lru_cache(maxsize=1024)
-def _densities(cascade: Cascade, sizes: tuple[tuple[str, int], ...]) -> dict[str, float]:
-    """Mask densities at `sizes`; classifying a 1M x 1M mask takes a tenth of a second, and
-    a study asks for the same sizes once per model."""
-    return densities(cascade, dict(sizes))
-
-
-@functools.lru_cache(maxsize=1024)
-def _tile_density(
-    cascade: Cascade, sizes: tuple[tuple[str, int], ...], rows: int, fallback: float
-) -> float:
-    sparse = cascade.sparse[0]
-    values = dict(sizes)
-    try:
-        predicate, key, query = sparse_mask(cascade, sparse)
-        part = next(p for p in cascade.partitions if p.outer == sparse.key_tiles)
-        tiles = classify_tiles(
-            predicate,
-            key_len=values[part.rank],
-            query_len=values[sparse.query],
-            key_tile=values[part.inner],
-            query_tile=rows,
-            key=key,
-            query=query,
-            sizes=values,
-        )
-    except AttnccError:
-        return fallback
-    return float(tiles.density)

@@ -4,15 +4,17 @@ moved between DRAM, the buffer and the arrays.
 The buffer holds, for each query row in flight, the row's inputs (Q[e,p]: E words) and what
 the pass analysis says a pass must keep (attncc.analysis.footprint): running values (RM, RD,
 RNV: constant per row), reduced values (GM) and fibers (QK[m,p] of a 3-pass cascade: M words
-per row), plus one key tile of the key-indexed inputs (K, V). The rows in flight are the
-query tile of the arrays (P0) times P1 query tiles; P1 is as large as fits, rounded down to a
-divisor of the query tiles (the FuseMax artifact's rule). When even one query tile's fibers do
-not fit, the share that does not is spilled: written to DRAM and read back once per later
-pass that reads it (the footprint's spill traffic, scaled by that share).
+per row), plus the mapping's `residency.key_tiles` key tiles of the key-indexed inputs (K,
+V). The rows in flight are the query tile of the arrays (P0) times P1 query tiles; P1, unless
+the mapping gives it, is as large as fits, rounded down to a divisor of the query tiles or
+not as `residency.query_tiles` says. When even one query tile's fibers do not fit, the share
+that does not is spilled: written to DRAM and read back once per later pass that reads it
+(the footprint's spill traffic, scaled by that share).
 
 DRAM traffic: inputs that carry the query rank once; key-indexed inputs once per chunk of
-resident rows (only the key tiles a block-sparse mask leaves for that chunk); outputs once;
-every intermediate that crosses phases written once and read by each phase that reads it.
+resident rows (only the key tiles its readers visit in that chunk: attncc.accel.density);
+outputs once; every intermediate that crosses phases written once and read by each phase
+that reads it.
 
 Buffer traffic: each Einsum reads its operands from the buffer unless they were produced on
 the same array in the same pass (then they stay in the PEs' registers); an operand that lacks
@@ -28,9 +30,10 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from attncc.accel.density import einsum_density
 from attncc.accel.facts import CascadeFacts, EinsumFacts
+from attncc.accel.mapping import Fill, spread
 from attncc.accel.mapping import Mapping as AccelMapping
-from attncc.accel.mapping import spread
 from attncc.accel.spec import Architecture, SpecError
 from attncc.analysis import LiveKind
 
@@ -94,42 +97,20 @@ def phase_traffic(
     arch: Architecture,
     phase: int,
     sizes: Sizes,
-    chunk_density: Callable[[int], float],
+    chunk_density: Callable[[str, int], float],
 ) -> PhaseTraffic:
-    """The traffic of phase `phase` of `mapping`, for one instance at `sizes`."""
-    names = mapping.phases[phase]
-    members = set(names)
-    phase_of = {name: k for k, group in enumerate(mapping.phases) for name in group}
+    """The traffic of phase `phase` of `mapping`, for one instance at `sizes`;
+    `chunk_density(input, rows)` is the share of key tiles a chunk of rows reads of input."""
+    members = set(mapping.phases[phase])
     stay = _Residents(facts, mapping, members)
     residency = _residency(facts, mapping, arch, members, sizes, stay)
-    query = facts.roles.query.lower()
-    outputs = set(facts.cascade.output_names())
-    dram_read = dram_write = buffer_read = buffer_write = 0.0
-    for source in stay.inputs():
-        words = facts.elements(source)(sizes.values)
-        if query not in facts.indices(source):
-            words *= residency.chunks * chunk_density(residency.rows * residency.query_tiles)
-        dram_read += words
-    for tensor in stay.crossing():
-        dram_read += facts.elements(tensor)(sizes.values)
-    views = dict(facts.views)
-    for einsum in (facts.einsum(n) for n in names):
-        if mapping.array_of(einsum.name) is not None:
-            for tensor in einsum.reads:
-                if not stay.local(facts.source(tensor), einsum):
-                    buffer_read += _operand_words(facts, mapping, einsum, tensor, sizes)
-        readers = [e for e in facts.einsums if einsum.name in e.reads and e.name != einsum.name]
-        if einsum.name in outputs or any(phase_of[r.name] != phase for r in readers):
-            dram_write += facts.elements(einsum.name)(sizes.values)
-        if einsum.name in views:
-            continue
-        if einsum.name in outputs:
-            buffer_write += facts.elements(einsum.name)(sizes.values)
-        else:
-            # A running value read after its traversal is written once, its last iterate.
-            away = [r for r in readers if not stay.local(einsum.name, r)]
-            touched = (facts.indices(einsum.name) & r.space for r in away)
-            buffer_write += max((sizes.extent(frozenset(t)) for t in touched), default=0.0)
+    dram_read = _dram_reads(facts, sizes, stay, residency, chunk_density)
+    dram_write = buffer_read = buffer_write = 0.0
+    for einsum in (facts.einsum(n) for n in mapping.phases[phase]):
+        reads, writes, to_dram = _einsum_traffic(facts, mapping, phase, einsum, sizes, stay)
+        buffer_read += reads
+        buffer_write += writes
+        dram_write += to_dram
     spill_reads, spill_writes = _spilled_words(facts, members, sizes)
     dram_read += residency.spilled * spill_reads
     dram_write += residency.spilled * spill_writes
@@ -137,6 +118,58 @@ def phase_traffic(
     return PhaseTraffic(
         residency, dram_read, dram_write, buffer_read + dram_write, buffer_write + dram_read
     )
+
+
+def _dram_reads(
+    facts: CascadeFacts,
+    sizes: Sizes,
+    stay: _Residents,
+    residency: Residency,
+    chunk_density: Callable[[str, int], float],
+) -> float:
+    """Inputs with the query rank once, key-indexed ones once per chunk (the tiles it
+    visits), and intermediates that earlier phases wrote."""
+    query = facts.roles.query.lower()
+    rows = residency.rows * residency.query_tiles
+    words = 0.0
+    for source in stay.inputs():
+        elements = facts.elements(source)(sizes.values)
+        if query not in facts.indices(source):
+            elements *= residency.chunks * chunk_density(source, rows)
+        words += elements
+    for tensor in stay.crossing():
+        words += facts.elements(tensor)(sizes.values)
+    return words
+
+
+def _einsum_traffic(
+    facts: CascadeFacts,
+    mapping: AccelMapping,
+    phase: int,
+    einsum: EinsumFacts,
+    sizes: Sizes,
+    stay: _Residents,
+) -> tuple[float, float, float]:
+    """Words `einsum` reads from the buffer, writes to it, and writes to DRAM."""
+    phase_of = {name: k for k, group in enumerate(mapping.phases) for name in group}
+    outputs = set(facts.cascade.output_names())
+    reads = 0.0
+    if mapping.array_of(einsum.name) is not None:
+        for tensor in einsum.reads:
+            if not stay.local(facts.source(tensor), einsum):
+                reads += _operand_words(facts, mapping, einsum, tensor, sizes)
+    elements = facts.elements(einsum.name)(sizes.values)
+    readers = [e for e in facts.einsums if einsum.name in e.reads and e.name != einsum.name]
+    crosses = einsum.name in outputs or any(phase_of[r.name] != phase for r in readers)
+    to_dram = elements if crosses else 0.0
+    if einsum.name in dict(facts.views):
+        return reads, 0.0, to_dram
+    if einsum.name in outputs:
+        return reads, elements, to_dram
+    # A running value read after its traversal is written once, its last iterate.
+    away = [r for r in readers if not stay.local(einsum.name, r)]
+    touched = (facts.indices(einsum.name) & r.space for r in away)
+    return reads, max((sizes.extent(frozenset(t)) for t in touched), default=0.0), to_dram
 
 
 @dataclass(frozen=True)
@@ -193,27 +226,65 @@ def _residency(
     sizes: Sizes,
     stay: _Residents,
 ) -> Residency:
-    roles = facts.roles
-    query = roles.query.lower()
-    length = sizes.values[roles.query]
+    length = sizes.values[facts.roles.query]
+    rows = _rows(facts, mapping, members, length)
+    row_inputs, tile_words = _input_words(facts, mapping, sizes, stay)
+    held, fibers = _held_per_row(facts, members, sizes)
+    row_words = row_inputs + held
+    capacity = arch.buffer.capacity / arch.data_bytes - tile_words
+    query_tiles = _query_tiles(mapping, math.ceil(length / rows), capacity, rows * row_words)
+    resident = rows * query_tiles * row_words
+    spilled = 0.0
+    if resident > capacity:
+        fixed = rows * query_tiles * (row_words - fibers)
+        if fibers == 0 or fixed > capacity:
+            raise SpecError(
+                f"{arch.source}: buffer.capacity_bytes: {arch.buffer.capacity} bytes cannot hold "
+                f"{rows * query_tiles} query rows of {row_words - fibers:g} words each plus "
+                f"{mapping.key_tiles} key tile(s) of {tile_words / mapping.key_tiles:g} words "
+                f"({arch.data_bytes} bytes a word); use a larger buffer or smaller tiles "
+                "(tiles.P0, tiles.P1, residency.key_tiles)"
+            )
+        spilled = (resident - capacity) / (rows * query_tiles * fibers)
+    chunks = math.ceil(length / (rows * query_tiles))
+    return Residency(rows, query_tiles, chunks, row_words, fibers, tile_words, spilled)
+
+
+def _rows(facts: CascadeFacts, mapping: AccelMapping, members: set[str], length: float) -> int:
+    """Query rows on the arrays at once (P0): the query tile where an array spreads queries."""
+    query = facts.roles.query.lower()
     extents = dict(mapping.tiles)
     spreads = [
         spread(facts.einsum(n).space, mapping.spatial_of(array), extents)
         for n in members
         if (array := mapping.array_of(n)) is not None
     ]
-    rows = int(min(max((extents[query] for s in spreads if query in s), default=1), length))
+    return int(min(max((extents[query] for s in spreads if query in s), default=1), length))
+
+
+def _input_words(
+    facts: CascadeFacts, mapping: AccelMapping, sizes: Sizes, stay: _Residents
+) -> tuple[float, float]:
+    """Words per query row of the query-indexed inputs, and words of the key tiles the buffer
+    reserves for the key-indexed ones."""
+    roles = facts.roles
+    query = roles.query.lower()
     per_row = {**dict(sizes.values), roles.query: 1.0}
-    per_tile = {**per_row}
-    per_tile[roles.key] = float(mapping.tile((roles.inner or roles.key).lower()))
+    per_tile = {**per_row, roles.key: float(mapping.tile((roles.inner or roles.key).lower()))}
     if roles.outer is not None:
         per_tile[roles.outer] = 1.0
-    row_inputs = tile_words = 0.0
+    row_words = tile_words = 0.0
     for source in stay.inputs():
         if query in facts.indices(source):
-            row_inputs += facts.elements(source)(per_row)
+            row_words += facts.elements(source)(per_row)
         else:
-            tile_words += facts.elements(source)(per_tile)
+            tile_words += facts.elements(source)(per_tile) * mapping.key_tiles
+    return row_words, tile_words
+
+
+def _held_per_row(facts: CascadeFacts, members: set[str], sizes: Sizes) -> tuple[float, float]:
+    """Words per query row the fullest pass holds (attncc.analysis.footprint), and how many
+    of them are fibers, which may spill."""
     by_pass: dict[int, list[float]] = {}
     for live in facts.live:
         if not members & set(live.readers):
@@ -224,32 +295,20 @@ def _residency(
         if live.kind is LiveKind.FIBER:
             entry[1] += held
     held, fibers = max(by_pass.values(), default=[0.0, 0.0])
-    row_words = row_inputs + held
-    capacity = arch.buffer.capacity / arch.data_bytes - tile_words
-    tiles = math.ceil(length / rows)
-    wanted = mapping.query_tiles
-    if wanted is None:
-        fit = int(capacity // (rows * row_words)) if row_words else tiles
-        wanted = _divisor_at_most(tiles, min(fit, tiles)) if fit >= 1 else 1
-    query_tiles = min(wanted, tiles)
-    resident = rows * query_tiles * row_words
-    spilled = 0.0
-    if resident > capacity:
-        fixed = rows * query_tiles * (row_words - fibers)
-        if fibers == 0 or fixed > capacity:
-            raise SpecError(
-                f"{arch.source}: buffer.capacity_bytes: {arch.buffer.capacity} bytes cannot hold "
-                f"{rows * query_tiles} query rows of {row_words - fibers:g} words each plus a key "
-                f"tile of {tile_words:g} words ({arch.data_bytes} bytes a word); use a larger "
-                "buffer or smaller tiles (tiles.P0, tiles.P1)"
-            )
-        spilled = (resident - capacity) / (rows * query_tiles * fibers)
-    chunks = math.ceil(length / (rows * query_tiles))
-    return Residency(rows, query_tiles, chunks, row_words, fibers, tile_words, spilled)
+    return held, fibers
 
 
-def _divisor_at_most(total: int, bound: int) -> int:
-    return max(d for d in range(1, bound + 1) if total % d == 0)
+def _query_tiles(mapping: AccelMapping, tiles: int, capacity: float, tile_words: float) -> int:
+    """P1: the mapping's, else as many query tiles of `tile_words` as fit (at least one),
+    rounded down to a divisor of `tiles` if the mapping says so."""
+    if mapping.query_tiles is not None:
+        return min(mapping.query_tiles, tiles)
+    fit = min(int(capacity // tile_words), tiles) if tile_words else tiles
+    if fit < 1:
+        return 1
+    if mapping.fill is Fill.DIVISOR:
+        return max(d for d in range(1, fit + 1) if tiles % d == 0)
+    return fit
 
 
 def _operand_words(
@@ -257,7 +316,8 @@ def _operand_words(
 ) -> float:
     """Words of `tensor` (as `einsum` reads it: BK, not K) the array reads for `einsum`: each
     element it touches once, times the tiles of each spread index it lacks (multicast within
-    a tile, re-read across tiles)."""
+    a tile, re-read across tiles), in the tiles `einsum`'s own block-sparse declarations
+    leave."""
     array = mapping.array_of(einsum.name)
     assert array is not None
     own = facts.indices(tensor) & einsum.space
@@ -265,11 +325,7 @@ def _operand_words(
     for index in spread(einsum.space, mapping.spatial_of(array), dict(mapping.tiles)):
         if index is not None and index not in own:
             words *= math.ceil(sizes.of(index) / mapping.tile(index))
-    if einsum.sparse:
-        for name, value in sizes.values.items():
-            if name.startswith("density_"):
-                words *= value
-    return words
+    return words * einsum_density(einsum, sizes.values)
 
 
 def _spilled_words(facts: CascadeFacts, members: set[str], sizes: Sizes) -> tuple[float, float]:
