@@ -144,8 +144,12 @@ output AV[f,p] : f32
             "QK kept: it is masked (where p - m < 8), which ties the keys to the queries, so "
             "the keys cannot be summed once for all queries; for a causal mask run chunk-causal",
         ),
+        (  # the scores are wanted as they are
+            "output QK[m,p] : f32\nQK[m,p] = Q[e,p] * K[e,m]\nAV[f,p] = QK[m,p] * V[f,m]",
+            "QK kept: it is an output",
+        ),
     ],
-    ids=["key_query_factor", "scores_read_elsewhere", "masked"],
+    ids=["key_query_factor", "scores_read_elsewhere", "masked", "scores_are_an_output"],
 )
 def test_reassociate_refuses_with_the_reason(body: str, remark: str) -> None:
     before = parse(LINEAR_HEADER + body)

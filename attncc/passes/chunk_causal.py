@@ -82,7 +82,10 @@ class ChunkCausal(CascadePass):
             raise PassError(f"chunk-causal: tile={self.tile} must be a positive integer")
         remarks: list[str] = []
         original = cascade
-        for scores in [e for e in cascade.einsums if is_contraction(e)]:
+        for name in [e.tensor for e in cascade.einsums if is_contraction(e)]:
+            scores = cascade.writer(name)  # as rewritten so far
+            if scores is None or not is_contraction(scores):
+                continue
             found = score_sums(cascade, scores)
             if not found:
                 continue
@@ -126,6 +129,8 @@ def _refusal(
 ) -> str | None:
     key_rank, query_rank = cascade.rank_of_index(key), cascade.rank_of_index(query)
     assert key_rank is not None and query_rank is not None, "verified cascades declare ranks"
+    if scores.tensor in cascade.output_names():
+        return "it is an output"
     if any(key_rank.name in (p.rank, p.outer, p.inner) for p in cascade.partitions):
         return f"the key rank {key_rank.name} is partitioned already"
     outer, inner = f"{key_rank.name}1", f"{key_rank.name}0"
@@ -221,15 +226,15 @@ class _Chunking:
         state_vars = tuple(index_symbol(v) for v in split.state_vars)
         base = state_name(split, consumer)
         local_name = fresh_name(f"L{base}", self.taken)
-        state_name_ = fresh_name(f"R{base}", self.taken)
+        running = fresh_name(f"R{base}", self.taken)
         # L[.., m1] = sum_m0 B * X at m = m1*M0 + m0; R[.., m1+1] = R[.., m1] + L[.., m1]
         in_tile = [substitute(f, {self.key: self.in_tile}) for f in split.keyed]
         local = Einsum(local_name, (*state_vars, self.o), product(in_tile), ReduceOp.SUM)
-        previous = Access(state_name_, (*state_vars, self.o))
+        previous = Access(running, (*state_vars, self.o))
         step = Call("add", (previous, local.output))
-        state = Einsum(state_name_, (*state_vars, self.o + 1), step, init=Const(0.0))
+        state = Einsum(running, (*state_vars, self.o + 1), step, init=Const(0.0))
         # I = sum_e A * R[.., c]: every key of the chunks before the query's
-        inter_expr = product([*split.rest, Access(state_name_, (*state_vars, self.chunk))])
+        inter_expr = product([*split.rest, Access(running, (*state_vars, self.chunk))])
         inter = _summed(fresh_name(f"I{consumer.tensor}", self.taken), consumer, inter_expr)
         # C = sum_m0 CS * X at m = c*M0 + m0: the keys of the query's chunk, masked
         factors = [

@@ -22,9 +22,10 @@ A sum C over keys R that reads the scores S (a sum of products) is rewritten whe
     in AV[..., f, p]), so it serves every query; a factor over both the keys and the queries
     (a bias, a decay) prevents that, and so does it keep the pass from undoing its own work
     (summing phi(K)^T V over the features e again gives back the scores).
-The scores S go once nothing reads them. The pass works as well on a partitioned key rank (C
-summing over m1, m0: `partition,reassociate`). Lowered, the sums over the keys are totals over
-the key tiles, read after the key loop; the loop nest computes them once per query tile.
+The scores S go once nothing reads them (an output S stays, and so does everything). The pass
+works as well on a partitioned key rank (C summing over m1, m0: `partition,reassociate`).
+Lowered, the sums over the keys are totals over the key tiles, read after the key loop, which
+then runs once per batch and head, before the query tiles (`Schedule.hoisted`).
 """
 
 from __future__ import annotations
@@ -78,11 +79,14 @@ class Reassociate(CascadePass):
     def apply(self, cascade: Cascade) -> PassResult:
         remarks: list[str] = []
         original = cascade
-        for scores in [e for e in cascade.einsums if is_contraction(e)]:
+        for name in [e.tensor for e in cascade.einsums if is_contraction(e)]:
+            scores = cascade.writer(name)  # as rewritten so far
+            if scores is None or not is_contraction(scores):
+                continue
             found = score_sums(cascade, scores)
             if not found:
                 continue
-            refusal = _refusal(scores, found, query_index(cascade))
+            refusal = _refusal(cascade, scores, found)
             if refusal is not None:
                 remarks.append(refusal)
                 continue
@@ -161,11 +165,13 @@ def _vars_of(expr: Expr) -> frozenset[str]:
     return frozenset(ordered_vars([expr]))
 
 
-def _refusal(scores: Einsum, found: list[ScoreSum | str], query: str | None) -> str | None:
-    name = scores.tensor
+def _refusal(cascade: Cascade, scores: Einsum, found: list[ScoreSum | str]) -> str | None:
+    name, query = scores.tensor, query_index(cascade)
     reasons = [f for f in found if isinstance(f, str)]
     if reasons:
         return f"{name} kept: {reasons[0]}"
+    if name in cascade.output_names():
+        return f"{name} kept: it is an output"
     if scores.filter is not None:
         predicate = format_expr(scores.filter.predicate)
         return (
