@@ -261,6 +261,29 @@ def test_reassociation_turns_quadratic_cost_into_linear() -> None:
         assert sympy.degree(flops, n) == degree
 
 
+def test_feature_maps_and_heads_cost_what_they_compute() -> None:
+    D, B, G = sympy.symbols("D B G", positive=True, integer=True)
+    hedgehog, _ = _run(linear_attention(feature_map="hedgehog"), "reassociate")
+    # HQ, HK project to J = 2*D features: 2*D*E macs per query and per key; FQ, FK negate
+    # (an add), select and exp per feature, and compare j < D once per feature; FKV: 2*D*F*M,
+    # QKV: 2*D*F*P, FKS: 2*D*M adds, QKS: 2*D*P macs; AV: F*P divisions
+    assert _totals(hedgehog) == {
+        "add": 4 * D * M + 2 * D * P,
+        "compare": 4 * D,
+        "div": F * P,
+        "exp": 2 * D * M + 2 * D * P,
+        "mac": 2 * D * E * M + 2 * D * E * P + 2 * D * F * M + 2 * D * F * P + 2 * D * P,
+        "select": 2 * D * M + 2 * D * P,
+    }
+    # ReLU is a max per element; under GQA (H = 2*G) phi(K) is formed per query head
+    assert _totals(linear_attention(feature_map="relu", gqa_group=2)) == {
+        "add": 2 * B * G * M * P,
+        "div": 2 * B * F * G * P,
+        "mac": 2 * B * E * G * M * P + 2 * B * F * G * M * P,
+        "max": 2 * B * E * G * M + 2 * B * E * G * P,
+    }
+
+
 def test_chunks_turn_causal_cost_into_n_times_chunk() -> None:
     causal = lightning_attention()  # P = M: the cost is in M alone
     # QK: E*M*M macs and a select per point of its filter; the compare m <= p per (m, p)
