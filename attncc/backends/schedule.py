@@ -182,7 +182,9 @@ def _check_running_reads(cascade: Cascade, part: Partition) -> None:
                     f"{format_index(at)}, chosen by {chosen_by}: "
                     "each query tile would start from the value another one ends with, a scan "
                     "over the query tiles that the loop nest (query tiles in parallel, each "
-                    "over its own key tiles) does not have"
+                    "over its own key tiles) does not have; lower the cascade as it was before "
+                    "chunk-causal (its causal tiles are skipped), or run it on the reference "
+                    "backend"
                 )
 
 
