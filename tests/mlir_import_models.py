@@ -60,6 +60,20 @@ class TriuAdditiveMask(nn.Module):
         return F.softmax(scores.float(), dim=-1).type_as(q) @ v
 
 
+class ScalarAlpha(nn.Module):
+    """Positions through aten's scalar forms with alpha: sub.Scalar (self - alpha * other),
+    add.Scalar (self + alpha * other), rsub.Scalar (other - alpha * self)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(q.shape[-2])
+        key, query = i[None, :], i[:, None]
+        keep = torch.sub(key, 1, alpha=2) <= query  # m - 2 <= p
+        keep = keep & (torch.add(query, 1, alpha=3) >= key)  # p + 3 >= m
+        keep = keep & (torch.rsub(query, 30, alpha=2) >= key)  # 30 - 2p >= m
+        scores = (q @ k.transpose(-1, -2)).masked_fill(~keep, float("-inf"))
+        return scores.softmax(-1) @ v
+
+
 class PositionBias(nn.Module):
     """A bias computed from positions that is not a mask (ALiBi-like): it stays a tensor."""
 

@@ -26,7 +26,7 @@ from attncc.frontends.torch.mlir_import import (
     import_attention,
 )
 from attncc.frontends.torch.spec import AttentionSpec, MaskTensor
-from attncc.ir import Call, Const, Coord, parse, print_cascade
+from attncc.ir import Call, Const, Coord, format_expr, parse, print_cascade
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "torch_models.py"
@@ -192,6 +192,16 @@ def test_masks_are_explained_in_notes() -> None:
     assert window.spec.describe() == "scale=1/sqrt(E), causal, mask where m >= p - 2"
     assert any("large finite value" in note for note in window.notes)
     assert any("computed from positions stays a tensor" in note for note in bias.notes)
+
+
+def test_scalar_forms_with_alpha_read_as_aten_defines_them() -> None:
+    """sub.Scalar and add.Scalar scale `other` by alpha; rsub.Scalar is other - alpha * self."""
+    result = imported(model("ScalarAlpha"), QKV)
+
+    (site,) = result.sites
+    assert site.spec.predicate is not None
+    assert format_expr(site.spec.predicate) == "m <= p + 2 and m <= p + 3 and 2 * p + m <= 30"
+    assert check_site(result.exported, site).ok
 
 
 def test_bmm_over_flattened_heads_reads_its_one_leading_dim_as_heads() -> None:

@@ -2,7 +2,7 @@
 
 The tensors an attention multiplies are often reached through layout no-ops: copies, dtype
 conversions, identity expands and slices, and the reshapes of leading dims with which a bmm
-flattens batch and heads. `peel` and `chain` look through them. `key_value` finds keys and
+flattens batch and heads. `chain` and `peel` look through them. `key_value` finds keys and
 values repeated per query head (LLaMA's repeat_kv: unsqueeze, expand, reshape; or
 repeat_interleave) and returns the tensors before the repeat, which makes the site
 grouped-query attention; `site_dims` checks that queries, keys and values multiply as attention
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch_mlir import ir
 
 from attncc.frontends.torch.mlir_ops import (
+    SAME_DATA,
     Use,
     constant_or,
     normalize_dim,
@@ -50,18 +51,6 @@ class SiteDims:
 MATMUL = ("torch.aten.matmul", "torch.aten.bmm")
 EINSUM = "torch.aten.einsum"
 
-# Operations that leave every element where it was: looked through in both directions.
-_SAME_DATA = {
-    "torch.aten.clone",
-    "torch.aten.contiguous",
-    "torch.aten.detach",
-    "torch.aten.alias",
-    "torch.aten.to.dtype",
-    "torch.aten.to.dtype_layout",
-    "torch.aten._to_copy",
-    "torch.aten.type_as",
-    "torch.prims.convert_element_type",
-}
 # Reshapes that keep the last two dimensions (what a bmm's batch flattening does).
 _BATCH_VIEWS = {"torch.aten.view", "torch.aten.reshape", "torch.aten._unsafe_view"}
 
@@ -87,7 +76,7 @@ def looks_through(op: ir.Operation, *, views: bool = True) -> bool:
     if not op.operands or len(op.results) != 1:
         return False
     before, after = shape(op.operands[0]), shape(op.result)
-    if op.name in _SAME_DATA:
+    if op.name in SAME_DATA:
         return before == after
     if op.name == "torch.aten.expand":
         return before == after
@@ -103,14 +92,20 @@ def _identity_slice(op: ir.Operation) -> bool:
     return shape(op.operands[0]) == shape(op.result) and start in (0, None) and step == 1
 
 
+def chain(x: ir.Value, *, views: bool = True) -> list[ir.Value]:
+    """`x`, and what it is a copy (or, with `views`, a batch reshape) of, one step at a time."""
+    found = [x]
+    for _ in range(64):
+        op = producer(found[-1])
+        if op is None or not looks_through(op, views=views):
+            break
+        found.append(op.operands[0])
+    return found
+
+
 def peel(x: ir.Value, *, views: bool = True) -> ir.Value:
     """The tensor `x` is a copy (or, with `views`, a batch reshape) of, as far back as that goes."""
-    for _ in range(64):
-        op = producer(x)
-        if op is None or not looks_through(op, views=views):
-            return x
-        x = op.operands[0]
-    return x
+    return chain(x, views=views)[-1]
 
 
 def shape_of(x: ir.Value) -> tuple[int, ...]:
@@ -136,19 +131,8 @@ def key_value(
     return _pairing(k, q_lead), _pairing(v, q_lead)
 
 
-def _chain(x: ir.Value) -> list[ir.Value]:
-    """`x`, and what it is a copy or a batch reshape of, one step at a time."""
-    found = [x]
-    for _ in range(64):
-        op = producer(found[-1])
-        if op is None or not looks_through(op):
-            break
-        found.append(op.operands[0])
-    return found
-
-
 def _pairing(x: ir.Value, q_lead: tuple[int, ...]) -> ir.Value:
-    paired = [c for c in _chain(x) if (s := shape(c)) and len(s) >= 2 and _pairs(q_lead, s[:-2])]
+    paired = [c for c in chain(x) if (s := shape(c)) and len(s) >= 2 and _pairs(q_lead, s[:-2])]
     return paired[-1] if paired else x
 
 
@@ -161,7 +145,7 @@ def _pairs(lead: tuple[int, ...], kv_lead: tuple[int, ...]) -> bool:
 
 
 def _first_repeat(x: ir.Value) -> tuple[ir.Value, int] | None:
-    for candidate in _chain(x):
+    for candidate in chain(x):
         found = _repeat_source(candidate)
         if found is not None:
             return found

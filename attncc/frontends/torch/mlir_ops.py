@@ -34,16 +34,6 @@ def producer(value: ir.Value) -> ir.Operation | None:
     return owner.operation if isinstance(owner, ir.OpView | ir.Operation) else None
 
 
-def op_name(value: ir.Value) -> str:
-    """The name of the operation computing `value` ('' for a function argument)."""
-    op = producer(value)
-    return op.name if op is not None else ""
-
-
-def operands(op: ir.Operation) -> list[ir.Value]:
-    return list(op.operands)
-
-
 def shape(value: ir.Value) -> tuple[int, ...] | None:
     """The static shape of a tensor value; None for other values or unknown dimensions."""
     match = _TENSOR_TYPE.fullmatch(str(value.type))
@@ -62,7 +52,37 @@ def element_type(value: ir.Value) -> str | None:
 
 
 def is_float_tensor(value: ir.Value) -> bool:
-    return (element_type(value) or "").startswith(("f", "bf"))
+    return element_kind(value) == "float"
+
+
+def element_kind(value: ir.Value) -> str | None:
+    """The kind of a tensor value's elements: "bool" (i1), "int" (si64, ui8) or "float" (f32,
+    bf16); None for other values and element types."""
+    element = element_type(value) or ""
+    if element == "i1":
+        return "bool"
+    if element.startswith(("si", "ui", "i")):
+        return "int"
+    return "float" if element.startswith(("f", "bf")) else None
+
+
+SAME_DATA = frozenset(
+    {
+        "torch.aten.clone",
+        "torch.aten.contiguous",
+        "torch.aten.detach",
+        "torch.aten.alias",
+        "torch.aten.lift_fresh_copy",
+        "torch.aten.to.dtype",
+        "torch.aten.to.dtype_layout",
+        "torch.aten.to.device",
+        "torch.aten._to_copy",
+        "torch.aten.type_as",
+        "torch.prims.convert_element_type",
+    }
+)
+"""Operations that leave every element where it was (copies, dtype and device conversions):
+their result is their first operand, element by element, perhaps in another dtype."""
 
 
 def constant(value: ir.Value) -> Any:
@@ -134,7 +154,7 @@ def permutation(op: ir.Operation, rank: int) -> list[int] | None:
             return None
         normal = [normalize_dim(d, rank) for d in order]
         return None if None in normal else [d for d in normal if d is not None]
-    a, b = _int_operand(args[1]), _int_operand(args[2])
+    a, b = int_constant(args[1]), int_constant(args[2])
     a = None if a is None else normalize_dim(a, rank)
     b = None if b is None else normalize_dim(b, rank)
     if a is None or b is None:
@@ -144,7 +164,8 @@ def permutation(op: ir.Operation, rank: int) -> list[int] | None:
     return order
 
 
-def _int_operand(value: ir.Value) -> int | None:
+def int_constant(value: ir.Value) -> int | None:
+    """The value of a constant int operand; None for anything else (a bool is not an int)."""
     number = constant_or(value, None)
     return number if isinstance(number, int) and not isinstance(number, bool) else None
 

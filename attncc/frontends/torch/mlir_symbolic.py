@@ -17,8 +17,11 @@ import sympy
 from torch_mlir import ir
 
 from attncc.frontends.torch.mlir_ops import (
+    SAME_DATA,
     NotConstant,
     constant,
+    element_kind,
+    int_constant,
     normalize_dim,
     permutation,
     producer,
@@ -87,22 +90,14 @@ def _number(value: ir.Value) -> float | None:
 def _int_or_none(value: ir.Value, default: int) -> int | None:
     """An int operand that may be None (`x[2:]` has no end), which reads as `default`."""
     op = producer(value)
-    return default if op is not None and op.name == "torch.constant.none" else _int(value)
-
-
-def _int(value: ir.Value) -> int | None:
-    try:
-        number = constant(value)
-    except NotConstant:
-        return None
-    return number if isinstance(number, int) and not isinstance(number, bool) else None
+    return default if op is not None and op.name == "torch.constant.none" else int_constant(value)
 
 
 @_rule("torch.aten.arange", "torch.aten.arange.start", "torch.aten.arange.start_step")
 def _arange(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
     args = list(op.operands)
-    start = _int(args[0]) if op.name != "torch.aten.arange" else 0
-    step = _int(args[2]) if op.name == "torch.aten.arange.start_step" else 1
+    start = int_constant(args[0]) if op.name != "torch.aten.arange" else 0
+    step = int_constant(args[2]) if op.name == "torch.aten.arange.start_step" else 1
     if start is None or step is None:
         return None  # float positions are not positions
     return index_value(start + step * index_symbol(axis(0)))
@@ -127,37 +122,18 @@ def _full(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | Non
     return None if value is None else Const(value)
 
 
-@_rule(
-    "torch.aten.clone",
-    "torch.aten.contiguous",
-    "torch.aten.detach",
-    "torch.aten.alias",
-    "torch.aten.lift_fresh_copy",
-    "torch.aten.to.dtype",
-    "torch.aten.to.dtype_layout",
-    "torch.aten.to.device",
-    "torch.aten._to_copy",
-    "torch.aten.type_as",
-    "torch.prims.convert_element_type",
-)
+@_rule(*SAME_DATA)
 def _converted(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
     source = op.operands[0]
     sym = ev(source)
     if sym is None or sym.shape != dims:
         return None
-    kind = shape_kind(op.result)
-    if kind == "bool" and shape_kind(source) != "bool":
+    kind, source_kind = element_kind(op.result), element_kind(source)
+    if kind == "bool" and source_kind != "bool":
         return Call("ne", (sym.expr, Const(0.0)))
-    if kind == "int" and shape_kind(source) == "float":
+    if kind == "int" and source_kind == "float":
         return None  # truncation: not worth stating
     return sym.expr
-
-
-def shape_kind(value: ir.Value) -> str:
-    text = str(value.type)
-    if text.endswith(",i1>"):
-        return "bool"
-    return "int" if ",si" in text or ",ui" in text else "float"
 
 
 def _same_data(old: tuple[int, ...], new: tuple[int, ...]) -> dict[str, sympy.Expr] | None:
@@ -191,10 +167,10 @@ def _expanded(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr |
 @_rule("torch.aten.slice.Tensor")
 def _sliced(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
     source, dim_v, start_v, _, step_v = list(op.operands)
-    sym, dim = ev(source), _int(dim_v)
+    sym, dim = ev(source), int_constant(dim_v)
     if sym is None or dim is None or (dim := normalize_dim(dim, len(sym.shape))) is None:
         return None
-    start, step = _int_or_none(start_v, 0), _int(step_v)
+    start, step = _int_or_none(start_v, 0), int_constant(step_v)
     if start is None or step is None:
         return None
     start = max(start + sym.shape[dim], 0) if start < 0 else min(start, sym.shape[dim])
@@ -204,7 +180,7 @@ def _sliced(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | N
 @_rule("torch.aten.select.int")
 def _selected(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
     source, dim_v, index_v = list(op.operands)
-    sym, dim, index = ev(source), _int(dim_v), _int(index_v)
+    sym, dim, index = ev(source), int_constant(dim_v), int_constant(index_v)
     if sym is None or dim is None or index is None:
         return None
     if (dim := normalize_dim(dim, len(sym.shape))) is None:
@@ -230,7 +206,7 @@ def _permuted(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr |
 @_rule("torch.aten.tril", "torch.aten.triu")
 def _triangle(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
     source, diagonal_v = list(op.operands)
-    sym, diagonal = ev(source), _int(diagonal_v)
+    sym, diagonal = ev(source), int_constant(diagonal_v)
     if sym is None or diagonal is None or len(dims) < 2:
         return None
     # tril keeps column - row <= diagonal, triu column - row >= diagonal.
@@ -240,19 +216,23 @@ def _triangle(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr |
     return Call("select", (condition, sym.expr, Const(0.0)))
 
 
-def _binary(map_op: str, *, scaled: bool = False, reverse: bool = False) -> Rule:
-    """A broadcasting binary operation; `scaled` reads an alpha operand (add, sub)."""
+def _binary(map_op: str, *, alpha: int | None = None, reverse: bool = False) -> Rule:
+    """A broadcasting binary operation on operands 0 and 1; `alpha` is the operand that
+    aten's alpha argument (operand 2, when present) multiplies; `reverse` swaps the sides."""
 
     def rule(ev: _Evaluator, op: ir.Operation, dims: tuple[int, ...]) -> Expr | None:
         args = list(op.operands)
         a, b = ev.operand(args[0], dims), ev.operand(args[1], dims)
         if a is None or b is None:
             return None
-        if scaled and len(args) > 2:
-            alpha = _number(args[2])
-            if alpha is None:
+        if alpha is not None and len(args) > 2:
+            factor = _number(args[2])
+            if factor is None:
                 return None
-            b = b if alpha == 1 else Call("mul", (b, Const(alpha)))
+            if factor != 1 and alpha == 0:
+                a = Call("mul", (a, Const(factor)))
+            elif factor != 1:
+                b = Call("mul", (b, Const(factor)))
         return Call(map_op, (b, a) if reverse else (a, b))
 
     return rule
@@ -278,12 +258,13 @@ for _name, _op in {
     "maximum": "max",
     "minimum": "min",
 }.items():
+    # add and sub, Tensor and Scalar alike: self + alpha * other, self - alpha * other.
+    _scaled = 1 if _name in ("add", "sub") else None
     for _suffix in ("Tensor", "Scalar"):
-        _rule(f"torch.aten.{_name}.{_suffix}")(
-            _binary(_op, scaled=_name in ("add", "sub") and _suffix == "Tensor")
-        )
+        _rule(f"torch.aten.{_name}.{_suffix}")(_binary(_op, alpha=_scaled))
     _rule(f"torch.aten.{_name}")(_binary(_op))
-_rule("torch.aten.rsub.Scalar")(_binary("sub", scaled=True, reverse=True))
+# rsub(self, other, alpha) = other - alpha * self.
+_rule("torch.aten.rsub.Scalar", "torch.aten.rsub.Tensor")(_binary("sub", alpha=0, reverse=True))
 
 
 def _unary(map_op: str) -> Rule:
