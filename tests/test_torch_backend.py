@@ -16,7 +16,6 @@ from torch import nn
 import attncc
 from attncc.errors import AttnccError
 from attncc.frontends.torch.spec import MaskTensor
-from attncc.ir import format_expr
 
 B, H, L, E = 2, 4, 24, 16
 
@@ -75,8 +74,22 @@ def _qkv(kv_heads: int = H, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 
 def _compiled(module: nn.Module, *inputs: torch.Tensor, **options: object) -> torch.Tensor:
+    """`module(*inputs)` compiled with attncc; every attention site must be compiled."""
     torch._dynamo.reset()
-    return torch.compile(module, backend=attncc.backend(**options))(*inputs)
+    backend = attncc.backend(**options)
+    out = torch.compile(module, backend=backend)(*inputs)
+    assert backend.reports, "no attention site found"
+    assert all(r.compiled for r in backend.reports), backend.reports
+    return out
+
+
+def _eager_fallback(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """`module(*inputs)` compiled with attncc, which must leave every site to PyTorch."""
+    torch._dynamo.reset()
+    backend = attncc.backend()
+    out = torch.compile(module, backend=backend)(*inputs)
+    assert backend.reports and not any(r.compiled for r in backend.reports), backend.reports
+    return out
 
 
 def _only_site(module: nn.Module, *inputs: torch.Tensor):
@@ -102,8 +115,8 @@ def test_the_entry_point_names_the_backend() -> None:
         (Sdpa(enable_gqa=True), 2, "scale=1/sqrt(E), GQA group 2"),
         (Decomposed(), H, "scale=0.25"),
         (Decomposed(scale_queries=True), H, "scale=0.25"),
-        (Decomposed("tril"), H, "scale=0.25, mask where m <= p"),
-        (Decomposed("window"), H, "scale=0.25, mask where m <= p and p - m < 5"),
+        (Decomposed("tril"), H, "scale=0.25, mask where m <= p, empty rows NaN"),
+        (Decomposed("window"), H, "scale=0.25, mask where m <= p and m >= p - 4, empty rows NaN"),
         (RepeatKv(), 2, "scale=0.25, GQA group 2"),
     ],
     ids=["sdpa", "sdpa-causal", "sdpa-gqa", "plain", "q-scaled", "tril", "window", "repeat-kv"],
@@ -120,7 +133,7 @@ def test_recognized_sites_match_eager(module: nn.Module, kv_heads: int, spec: st
 def test_a_window_from_positions_becomes_a_block_sparse_predicate() -> None:
     """The arange mask is an IR filter, so the lowered cascade skips tiles."""
     site = _only_site(Decomposed("window"), *_qkv())
-    assert "where m1 * M0 + m0 <= p and p - (m1 * M0 + m0) < 5 else -inf" in site.cascade
+    assert "where m1 * M0 + m0 <= p and m1 * M0 + m0 >= p - 4 else -inf" in site.cascade
     assert "sparse QK[m1,p//64]" in site.cascade
 
 
@@ -199,7 +212,7 @@ def test_unsupported_attention_stays_pytorch_with_a_logged_reason(
     q, k, v = _qkv()
     with caplog.at_level(logging.WARNING, logger="attncc"):
         torch.manual_seed(0)
-        out = _compiled(module, q, k, v)
+        out = _eager_fallback(module, q, k, v)
     assert any(reason in r.getMessage() for r in caplog.records), caplog.text
     if not isinstance(module, TrainingDropout):
         torch.testing.assert_close(out, module(q, k, v))
@@ -243,8 +256,7 @@ def test_bad_options_say_what_is_wrong(options: dict[str, object], message: str)
 def test_explain_reports_the_predicate_it_read() -> None:
     site = _only_site(Decomposed("window", window=3), *_qkv())
     assert site.compiled
-    assert "p - m < 3" in site.spec
-    assert format_expr is not None
+    assert "mask where m <= p and m >= p - 2" in site.spec
 
 
 @pytest.mark.triton_interpret
@@ -271,8 +283,163 @@ def test_an_internal_error_leaves_the_site_to_pytorch(
     monkeypatch.setattr(backend, "attention_cascade", broken)
     q, k, v = _qkv()
     with caplog.at_level(logging.WARNING, logger="attncc"):
-        out = _compiled(Sdpa(is_causal=True), q, k, v)
+        out = _eager_fallback(Sdpa(is_causal=True), q, k, v)
     assert "internal error compiling the attention" in caplog.text
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
     site = _only_site(Sdpa(is_causal=True), q, k, v)
     assert site.reason == "internal error in attncc: RuntimeError: simulated bug"
+
+
+class KeywordSdpa(nn.Module):
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(query=q, key=k, value=v, is_causal=True)
+
+
+class PaddedTril(nn.Module):
+    """tril of a [1, M] block of ones, broadcast over the queries: keys m <= 0 only."""
+
+    def forward(self, q, k, v):
+        keep = torch.tril(torch.ones(1, k.shape[-2], dtype=torch.bool))
+        scores = torch.matmul(q, k.transpose(-2, -1)).masked_fill(~keep, float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class StrictlyCausal(nn.Module):
+    """m < p: query 0 sees no key, so the softmax gives NaN there."""
+
+    def forward(self, q, k, v):
+        n = q.shape[-2]
+        hide = torch.arange(n)[None, :] >= torch.arange(n)[:, None]
+        scores = torch.matmul(q, k.transpose(-2, -1)).masked_fill(hide, float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class StrictlyCausalFinite(nn.Module):
+    """m < p with finfo.min: query 0's softmax averages every key, unlike -inf."""
+
+    def forward(self, q, k, v):
+        n = q.shape[-2]
+        hide = torch.arange(n)[None, :] >= torch.arange(n)[:, None]
+        fill = torch.finfo(torch.float32).min
+        scores = torch.matmul(q, k.transpose(-2, -1)).masked_fill(hide, fill)
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def test_sdpa_with_keyword_tensors() -> None:
+    q, k, v = _qkv()
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(_compiled(KeywordSdpa(), q, k, v), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_size_one_dim_of_a_triangle_is_not_a_position() -> None:
+    q, k, v = _qkv()
+    site = _only_site(PaddedTril(), q, k, v)
+    assert site.spec == "scale=1, mask where m <= 0, empty rows NaN"
+    torch.testing.assert_close(_compiled(PaddedTril(), q, k, v), PaddedTril()(q, k, v))
+
+
+def test_rows_that_see_no_key_are_what_pytorch_gives() -> None:
+    """SDPA gives 0 for a row that sees no key; a softmax written out gives NaN; a finite
+    fill averages the row, so that mask stays a tensor rather than becoming a predicate."""
+    q, k, v = _qkv()
+    keep = torch.ones(B, 1, L, L, dtype=torch.bool)
+    keep[:, :, 3] = False
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    assert expected[:, :, 3].abs().max() == 0
+    torch.testing.assert_close(_compiled(Sdpa(), q, k, v, keep), expected, atol=1e-5, rtol=1e-5)
+    for target in ("numpy", "reference"):
+        strict = _compiled(StrictlyCausal(), q, k, v, target=target)
+        torch.testing.assert_close(strict, StrictlyCausal()(q, k, v), equal_nan=True)
+    finite = StrictlyCausalFinite()
+    site = _only_site(finite, q, k, v)
+    assert not site.compiled and "finite fill averages over rows that see no key" in site.reason
+    torch.testing.assert_close(_eager_fallback(finite, q, k, v), finite(q, k, v))
+
+
+class AlphaAdd(nn.Module):
+    def forward(self, q, k, v, bias):
+        scores = torch.add(torch.matmul(q, k.transpose(-2, -1)), bias, alpha=3)
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class BooleanAdded(nn.Module):
+    def forward(self, q, k, v, bias):
+        scores = torch.matmul(q, k.transpose(-2, -1)) + (bias > 0)
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class MaskBeforeScale(nn.Module):
+    def forward(self, q, k, v, bias):
+        scores = (torch.matmul(q, k.transpose(-2, -1)) + bias) * 0.5
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class DataMaskedFill(nn.Module):
+    def forward(self, q, k, v, bias):
+        scores = torch.matmul(q, k.transpose(-2, -1)).masked_fill(bias > 1.5, float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        (AlphaAdd(), "add with alpha or rounding_mode on the scores"),
+        (BooleanAdded(), "a boolean or constant added to the scores (it adds 0 or 1)"),
+        (MaskBeforeScale(), "the mask is added before the scale"),
+        (DataMaskedFill(), "a masked_fill attncc cannot state as a predicate: the mask reads"),
+    ],
+    ids=["alpha", "boolean-added", "mask-before-scale", "data-masked-fill"],
+)
+def test_score_changes_attncc_does_not_state_stay_pytorch(module: nn.Module, reason: str) -> None:
+    q, k, v = _qkv()
+    bias = torch.randn(1, 1, L, L, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(_eager_fallback(module, q, k, v, bias), module(q, k, v, bias))
+    site = _only_site(module, q, k, v, bias)
+    assert not site.compiled and reason in site.reason, site.reason
+
+
+def test_a_positional_mask_that_varies_over_the_batch_is_a_tensor() -> None:
+    class PerBatch(nn.Module):
+        def forward(self, q, k, v):
+            n = q.shape[-2]
+            shift = torch.arange(q.shape[0])[:, None, None, None]
+            visible = torch.arange(n)[None, :] <= torch.arange(n)[:, None] + shift
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+
+    q, k, v = _qkv()
+    site = _only_site(PerBatch(), q, k, v)
+    assert site.compiled and site.spec == "scale=1/sqrt(E), boolean mask tensor"
+    torch.testing.assert_close(
+        _compiled(PerBatch(), q, k, v), PerBatch()(q, k, v), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(dtype: torch.dtype) -> None:
+    q, k, v = (t.to(dtype) for t in _qkv())
+    out = _compiled(Decomposed("tril"), q, k, v)
+    assert out.dtype == dtype
+    expected = Decomposed("tril")(*(t.double() for t in (q, k, v)))
+    torch.testing.assert_close(out.double(), expected, atol=1e-2, rtol=1e-2)
+
+
+def test_dynamic_shapes_compile_once_for_every_length() -> None:
+    torch._dynamo.reset()
+    backend = attncc.backend()
+    compiled = torch.compile(Sdpa(is_causal=True), backend=backend, dynamic=True)
+    # Lengths other than E = 16: Dynamo's duck sizing would tie a length equal to E to it.
+    for length in (24, 40, 56):
+        q, k, v = (torch.randn(B, H, length, E) for _ in range(3))
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.testing.assert_close(compiled(q, k, v), expected, atol=1e-5, rtol=1e-5)
+    assert len(backend.reports) == 1 and backend.reports[0].compiled, backend.reports
+    assert "E = " not in backend.reports[0].cascade  # the head dim stayed symbolic
+
+
+def test_torch_compile_options_overlay_the_configured_ones() -> None:
+    backend = attncc.backend(target="reference")
+    torch._dynamo.reset()
+    q, k, v = _qkv()
+    torch.compile(Sdpa(), backend=backend, options={"inner": "aot_eager"})(q, k, v)
+    assert backend.options.target.value == "reference"
+    assert backend.reports and backend.reports[0].compiled

@@ -83,7 +83,7 @@ def test_every_attention_site_is_compiled_and_matches_eager(
     model: tuple[torch.nn.Module, dict[str, Any]],
 ) -> None:
     module, inputs = model
-    explanation = attncc.explain(module, kwargs=inputs)
+    explanation = attncc.explain(module, **inputs)
     assert len(explanation.compiled) == LAYERS, str(explanation)
     assert not explanation.fallbacks, str(explanation)
     assert all(site.passes == (3, 1) for site in explanation.sites)

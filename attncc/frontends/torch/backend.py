@@ -67,6 +67,11 @@ class BackendOptions:
             raise AttnccError(f"attncc backend inner {inner!r}: choose {', '.join(_INNER)}")
         return BackendOptions(target, options.get("passes"), inner)
 
+    def overlaid(self, options: Mapping[str, Any]) -> BackendOptions:
+        """These options with those in `options` (torch.compile's options=) replacing them."""
+        mine = {"target": self.target, "passes": self.passes, "inner": self.inner}
+        return BackendOptions.parse({**mine, **options})
+
 
 @dataclass(frozen=True)
 class SiteReport:
@@ -101,7 +106,7 @@ class AttnccBackend:
         example_inputs: Sequence[Any],
         options: Mapping[str, Any] | None = None,
     ) -> Callable[..., Any]:
-        chosen = BackendOptions.parse(options) if options else self.options
+        chosen = self.options.overlaid(options) if options else self.options
         self.reports.extend(compile_sites(gm, chosen))
         if chosen.inner == "eager":
             return gm.forward
@@ -151,13 +156,23 @@ def _guarded(graph: fx.Graph, site: Site, options: BackendOptions) -> SiteReport
 
 
 def _compile_site(graph: fx.Graph, site: Site, options: BackendOptions) -> SiteReport:
+    """Build and check everything first, then rewrite the graph: a refusal leaves it as is."""
     written = attention_cascade(site.spec, head_dim=site.head_dim, value_dim=site.value_dim)
     try:
         cascade = run_pipeline(written, options.passes)[0] if options.passes else written
+        compiled = cascade
         if options.target is not Target.REFERENCE:
-            schedule(lower_for_tiles(cascade))
+            compiled = lower_for_tiles(cascade)
+            schedule(compiled)
     except AttnccError as error:
         return SiteReport(site.where, compiled=False, reason=str(error), spec=site.spec.describe())
+    report = SiteReport(
+        site.where,
+        compiled=True,
+        spec=site.spec.describe(),
+        passes=(_passes(written), _passes(compiled)),
+        cascade=print_cascade(compiled),
+    )
     key = register_site(site.spec, cascade, options.target)
     with graph.inserting_before(site.output):
         call = graph.call_function(
@@ -166,14 +181,7 @@ def _compile_site(graph: fx.Graph, site: Site, options: BackendOptions) -> SiteR
         )
     call.meta.update(site.output.meta)
     site.output.replace_all_uses_with(call)
-    compiled = lower_for_tiles(cascade) if options.target is not Target.REFERENCE else cascade
-    return SiteReport(
-        site.where,
-        compiled=True,
-        spec=site.spec.describe(),
-        passes=(_passes(written), _passes(compiled)),
-        cascade=print_cascade(compiled),
-    )
+    return report
 
 
 def _passes(cascade: Cascade) -> int:

@@ -7,6 +7,7 @@ captures, across graph breaks), runs it once without gradients, and returns the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +38,16 @@ class Explanation:
         return "\n".join([head, *(f"  {s.line()}" for s in self.sites)])
 
 
-def explain(model: torch.nn.Module, *inputs: Any, **options: Any) -> Explanation:
-    """Run `model(*inputs)` compiled with attncc (backend `options` as in attncc.backend,
-    plus `kwargs`, a dict of keyword inputs) and report every attention site."""
-    kwargs = options.pop("kwargs", {})
-    recorder = AttnccBackend(BackendOptions.parse(options))
-    # A fresh compile: cached graphs from an earlier torch.compile would bypass the recorder.
-    torch._dynamo.reset()
+def explain(
+    model: torch.nn.Module,
+    *args: Any,
+    options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Explanation:
+    """Run `model(*args, **kwargs)` compiled with attncc (backend `options` as in
+    attncc.backend) and report every attention site. A new backend object is a new compile
+    for Dynamo, so graphs the user compiled before are neither reused nor discarded."""
+    recorder = AttnccBackend(BackendOptions.parse(options or {}))
     with torch.no_grad():
-        torch.compile(model, backend=recorder)(*inputs, **kwargs)
-    torch._dynamo.reset()
+        torch.compile(model, backend=recorder)(*args, **kwargs)
     return Explanation(tuple(recorder.reports))

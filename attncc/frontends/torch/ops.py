@@ -16,14 +16,18 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from attncc.errors import AttnccError
-from attncc.frontends.torch.reference import attention_backward, attention_reference
+from attncc.frontends.torch.reference import (
+    additive_mask,
+    attention_backward,
+    attention_reference,
+    with_empty_rows,
+)
 from attncc.frontends.torch.spec import AttentionSpec
 from attncc.ir import Cascade, print_cascade
 
@@ -86,10 +90,18 @@ def attention(
     mask broadcastable to [B, H, P, M] (boolean, or additive); the result is [B, H, P, F]."""
     compiled = compiled_site(site)
     try:
-        return _run(compiled, query, key, value, mask)
-    except AttnccError as error:
-        log.warning("attncc: %s fell back to PyTorch at run time: %s", compiled.key, error)
+        out = _run(compiled, query, key, value, mask)
+    except Exception as error:
+        # An attncc refusal (AttnccError) is expected and logged plainly; anything else is a
+        # bug in attncc, logged with its traceback. The model goes on either way.
+        log.warning(
+            "attncc: %s fell back to PyTorch at run time: %s",
+            compiled.key,
+            error,
+            exc_info=not isinstance(error, AttnccError),
+        )
         return attention_reference(compiled.spec, query, key, value, mask)
+    return with_empty_rows(compiled.spec, out, mask, key.shape[-2])
 
 
 @attention.register_fake
@@ -163,15 +175,9 @@ def _cascade_inputs(
     }
     if mask is not None:
         batch, heads, queries = query.shape[0], query.shape[1], query.shape[2]
-        bias = _additive(mask, torch.promote_types(query.dtype, torch.float32))
+        bias = additive_mask(mask, torch.promote_types(query.dtype, torch.float32))
         inputs["BIAS"] = bias.expand(batch, heads, queries, key.shape[-2])
     return inputs
-
-
-def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if mask.dtype == torch.bool:
-        return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, -math.inf)
-    return mask.to(dtype)
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

@@ -20,19 +20,18 @@ import torch
 from torch import fx
 
 from attncc.frontends.torch.graph_ops import NodeOp, describe_node, example, node_op
-from attncc.frontends.torch.positions import (
-    NotPositional,
-    additive_predicate,
-    boolean_predicate,
+from attncc.frontends.torch.position_masks import (
+    HIDING_FILL,
+    MaskKind,
+    MaskPredicate,
+    mask_predicate,
+    rows_without_keys,
 )
-from attncc.frontends.torch.reference import visible
-from attncc.frontends.torch.spec import AttentionSpec, MaskTensor
-from attncc.ir import Call, Expr
+from attncc.frontends.torch.positions import NotPositional, symbolic
+from attncc.frontends.torch.reference import position_mask
+from attncc.frontends.torch.spec import AttentionSpec, EmptyRow, MaskTensor
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_HIDDEN_FILL = -1e30
-_ROW_CHECK_LIMIT = 1 << 24
-"""Masks with a finite fill are proven to hide no whole query row up to this many points."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +45,8 @@ class Site:
     mask: fx.Node | None
     spec: AttentionSpec
     where: str
-    head_dim: int
-    value_dim: int
+    head_dim: int | None
+    value_dim: int | None
 
 
 @dataclass(frozen=True)
@@ -72,13 +71,18 @@ def find_sites(graph: fx.Graph) -> list[Site | Rejected]:
             continue
         try:
             found.append(_sdpa(node, op) if op.name == "sdpa" else _decomposed(node, op))
-        except _Mismatch as reason:
-            found.append(Rejected(node, describe_node(node), str(reason)))
+        except _Mismatch as mismatch:
+            found.append(Rejected(node, describe_node(node), str(mismatch)))
+        except Exception as error:
+            # A graph shape no rule foresaw is a bug in attncc, not in the model: the site
+            # stays PyTorch's, and the reason says so.
+            why = f"internal error in attncc: {type(error).__name__}: {error}"
+            found.append(Rejected(node, describe_node(node), why))
     return found
 
 
 def _sdpa(node: fx.Node, op: NodeOp) -> Site:
-    q, k, v = op.args[:3]
+    q, k, v = op.arg(0, "query"), op.arg(1, "key"), op.arg(2, "value")
     mask = op.arg(3, "attn_mask")
     if op.arg(4, "dropout_p", 0.0) != 0.0:
         raise _Mismatch(f"dropout_p={op.arg(4, 'dropout_p')}: attncc has no attention dropout")
@@ -86,8 +90,11 @@ def _sdpa(node: fx.Node, op: NodeOp) -> Site:
     scale = op.arg(6, "scale")
     if not isinstance(causal, bool) or not (scale is None or isinstance(scale, int | float)):
         raise _Mismatch("is_causal or scale is not a constant")
+    if op.arg(7, "enable_gqa", False) not in (True, False):
+        raise _Mismatch("enable_gqa is not a constant")
     spec = AttentionSpec(scale=None if scale is None else float(scale), causal=causal)
-    return _site(node, q, k, v, spec, mask, additive=None)
+    kind = MaskKind.VISIBLE if _dtype(mask) == torch.bool else MaskKind.ADDITIVE
+    return _site(node, q, k, v, spec, mask, kind)
 
 
 def _decomposed(softmax: fx.Node, op: NodeOp) -> Site:
@@ -97,17 +104,18 @@ def _decomposed(softmax: fx.Node, op: NodeOp) -> Site:
     if dim not in (-1, len(shape) - 1):
         raise _Mismatch(f"softmax over dim {dim}, not the last (key) dim")
     output, v = _probabilities_times_v(softmax)
-    scores, scale, mask, masked_fill, fill = _peel_scores(scores_in)
+    scores, scale, mask = _peel_scores(scores_in)
     product = node_op(scores)
     if product is None or product.name != "matmul":
         raise _Mismatch("the scores are not a matrix product")
-    q, k_transposed = product.args[:2]
+    q, k_transposed = _operands(product)
     q, scale = _prescaled(q, scale)
     k = _untransposed(k_transposed)
-    spec = AttentionSpec(scale=scale)
-    if masked_fill is not None:
-        return _site(output, q, k, v, spec, masked_fill, additive=False, fill=fill)
-    return _site(output, q, k, v, spec, mask, additive=True)
+    # Written out, a row that sees no key is softmax over -inf only: NaN, as in eager.
+    spec = AttentionSpec(scale=scale, empty_row=EmptyRow.NAN)
+    if mask is None:
+        return _site(output, q, k, v, spec, None, MaskKind.ADDITIVE)
+    return _site(output, q, k, v, spec, mask.tensor, mask.kind, fill=mask.fill)
 
 
 def _probabilities_times_v(softmax: fx.Node) -> tuple[fx.Node, Any]:
@@ -125,8 +133,8 @@ def _probabilities_times_v(softmax: fx.Node) -> tuple[fx.Node, Any]:
         op = node_op(user)
         if op is None:
             raise _Mismatch(f"the probabilities feed {user.name} ({user.target})")
-        if op.name == "matmul" and op.args[0] is node:
-            return user, op.args[1]
+        if op.name == "matmul" and _operands(op)[0] is node:
+            return user, _operands(op)[1]
         if op.name == "dropout":
             p, training = op.arg(1, "p", 0.5), op.arg(2, "training", True)
             if p != 0 and training:
@@ -141,38 +149,62 @@ def _float_cast(op: NodeOp) -> bool:
     return all(not isinstance(t, torch.dtype) or t in _FLOATS for t in targets)
 
 
-def _peel_scores(
-    node: Any,
-) -> tuple[fx.Node, float, fx.Node | None, fx.Node | None, float]:
-    """Peel scale factors and one mask off the softmax input: the q k^T node, the product of
-    the constant factors, an additive mask, and a masked_fill condition (hidden where true)
-    with its fill."""
-    scale, mask, hidden, fill = 1.0, None, None, float("-inf")
+@dataclass(frozen=True)
+class _Mask:
+    """The mask on the scores: the tensor, how it acts, and the value hidden keys take."""
+
+    tensor: fx.Node
+    kind: MaskKind
+    fill: float = float("-inf")
+
+
+def _peel_scores(node: Any) -> tuple[fx.Node, float, _Mask | None]:
+    """Peel constant factors and one mask off the softmax input: the q k^T node, the product
+    of the factors, and the mask (added, or a masked_fill condition)."""
+    scale, mask = 1.0, None
     while isinstance(node, fx.Node):
         op = node_op(node)
         if op is None:
             break
+        if op.kwargs.get("alpha", 1) != 1 or op.kwargs.get("rounding_mode") is not None:
+            raise _Mismatch(f"{op.name} with alpha or rounding_mode on the scores")
         a, b = (*op.args, None, None)[:2]
         if op.name in ("mul", "div") and isinstance(b, int | float):
+            if op.name == "div" and b == 0:
+                raise _Mismatch("the scores are divided by 0")
             scale = scale * b if op.name == "mul" else scale / b
         elif op.name == "mul" and isinstance(a, int | float):
             scale, a = scale * a, b
-        elif op.name in ("add", "masked_fill") and mask is None and hidden is None:
+        elif op.name in ("add", "masked_fill") and mask is None:
             if scale != 1.0:
                 raise _Mismatch("the mask is added before the scale: attncc would scale it too")
-            if op.name == "add":
-                a, mask = (a, b) if _leads_to_matmul(a) else (b, a)
-            else:
-                fill = op.arg(2, "value")
-                if not isinstance(fill, int | float) or fill > _HIDDEN_FILL:
-                    raise _Mismatch(f"masked_fill with {fill!r}, not -inf or finfo.min")
-                hidden = b
+            a, mask = _mask_of(op, a, b)
         elif op.name != "cast" or not _float_cast(op):
             break
         node = a
     if not isinstance(node, fx.Node):
         raise _Mismatch("the scores are a constant")
-    return node, scale, mask, hidden, fill
+    return node, scale, mask
+
+
+def _mask_of(op: NodeOp, a: Any, b: Any) -> tuple[Any, _Mask]:
+    """The scores operand of an `add` or `masked_fill` on them, and the mask it applies."""
+    if op.name == "add":
+        scores, tensor = (a, b) if _leads_to_matmul(a) else (b, a)
+        if not isinstance(tensor, fx.Node) or _dtype(tensor) == torch.bool:
+            raise _Mismatch("a boolean or constant added to the scores (it adds 0 or 1)")
+        return scores, _Mask(tensor, MaskKind.ADDITIVE)
+    fill = op.arg(2, "value")
+    if not isinstance(fill, int | float) or fill > HIDING_FILL:
+        raise _Mismatch(f"masked_fill with {fill!r}, not -inf or at most {HIDING_FILL:g}")
+    if not isinstance(b, fx.Node):
+        raise _Mismatch("masked_fill with a constant condition")
+    return a, _Mask(b, MaskKind.HIDDEN, float(fill))
+
+
+def _operands(op: NodeOp) -> tuple[Any, Any]:
+    """The two factors of a matrix product, however they were passed."""
+    return op.arg(0, "input"), op.arg(1, "other", op.kwargs.get("mat2"))
 
 
 def _leads_to_matmul(node: Any) -> bool:
@@ -182,9 +214,9 @@ def _leads_to_matmul(node: Any) -> bool:
             return False
         if op.name == "matmul":
             return True
-        if op.name not in ("mul", "div", "cast"):
+        if op.name not in ("mul", "div", "cast") or not op.args:
             return False
-        node = op.args[0] if isinstance(op.args[0], fx.Node) else op.args[1]
+        node = op.args[0] if isinstance(op.args[0], fx.Node) else op.args[-1]
     return False
 
 
@@ -252,8 +284,8 @@ def _site(
     v: Any,
     spec: AttentionSpec,
     mask: Any,
+    kind: MaskKind,
     *,
-    additive: bool | None,
     fill: float = float("-inf"),
 ) -> Site:
     k, k_group = _repeated_kv(k)
@@ -266,75 +298,66 @@ def _site(
     dtypes = {_dtype(t) for t in (q, k, v)}
     if len(dtypes) != 1 or not dtypes <= set(_FLOATS):
         raise _Mismatch(f"q, k, v have dtypes {sorted(map(str, dtypes))}")
-    if ks[:2] != vs[:2] or ks[2] != vs[2] or ks[3] != qs[3] or qs[0] != ks[0]:
+    if ks[3] != qs[3] or ks[:3] != vs[:3] or qs[0] != ks[0]:
         raise _Mismatch(f"q, k, v shapes {qs}, {ks}, {vs} do not fit together")
-    heads, kv_heads = int(qs[1]), int(ks[1])
-    group = k_group or (heads // kv_heads if heads != kv_heads else None)
-    if heads != kv_heads * (k_group or 1) and heads % kv_heads:
-        raise _Mismatch(f"{heads} query heads cannot share {kv_heads} key/value heads")
+    group = k_group
+    if group is None and qs[1] != ks[1]:
+        # Head counts are fixed in a model: int() specializes them (Dynamo guards on it).
+        heads, kv_heads = int(qs[1]), int(ks[1])
+        if heads % kv_heads:
+            raise _Mismatch(f"{heads} query heads cannot share {kv_heads} key/value heads")
+        group = heads // kv_heads
     spec = replace(spec, gqa_group=group)
-    scores = (int(qs[0]), heads, int(qs[2]), int(ks[2]))
-    spec, mask = _with_mask(spec, mask, additive, fill, scores)
-    return Site(output, q, k, v, mask, spec, describe_node(output), int(qs[3]), int(vs[3]))
+    spec, mask = _with_mask(spec, mask, kind, fill, (qs[0], qs[1], qs[2], ks[2]))
+    # Under dynamic shapes Dynamo gives every dim of one size one symbol: reading E as an int
+    # would fix the sequence lengths too. A symbolic head dim stays symbolic in the cascade.
+    head_dim, value_dim = (n if isinstance(n, int) else None for n in (qs[3], vs[3]))
+    return Site(output, q, k, v, mask, spec, describe_node(output), head_dim, value_dim)
 
 
 def _with_mask(
     spec: AttentionSpec,
     mask: Any,
-    additive: bool | None,
-    masked_fill: float,
-    scores: tuple[int, int, int, int],
+    kind: MaskKind,
+    fill: float,
+    scores: tuple[Any, ...],
 ) -> tuple[AttentionSpec, fx.Node | None]:
-    """`spec` with the mask as a predicate when positions compute it, else as a tensor
-    input. `additive` None means its dtype decides (SDPA's attn_mask); False means a
-    masked_fill condition (hidden where true) with fill `masked_fill`."""
+    """`spec` with the mask as a predicate when positions compute it (so its empty tiles are
+    skipped), else as a tensor input. `fill` is what a masked_fill puts at hidden keys."""
     if mask is None:
         return spec, None
-    shape = _shape(mask, "the mask")
-    if len(shape) > 4 or any(
-        n not in (1, full) for n, full in zip(reversed(shape), reversed(scores), strict=False)
-    ):
-        raise _Mismatch(f"a mask of shape {tuple(shape)} does not broadcast to {scores}")
-    boolean = _dtype(mask) == torch.bool
-    queries, keys = scores[2], scores[3]
-    predicate: Expr
+    found = _positional(mask, kind, scores)
+    if isinstance(found, MaskPredicate):
+        candidate = replace(spec, predicate=found.predicate)
+        finite = found.finite_fill or fill != float("-inf")
+        if not finite or _no_row_hidden(candidate, scores):
+            return candidate, None
+        reason = "its finite fill averages over rows that see no key, where -inf would not"
+    else:
+        reason = found
+    if kind is MaskKind.HIDDEN:
+        # masked_fill replaces scores; as a tensor attncc can only add to them.
+        raise _Mismatch(f"a masked_fill attncc cannot state as a predicate: {reason}")
+    tensor = MaskTensor.BOOLEAN if kind is MaskKind.VISIBLE else MaskTensor.ADDITIVE
+    return replace(spec, mask_tensor=tensor), mask
+
+
+def _positional(mask: Any, kind: MaskKind, scores: tuple[Any, ...]) -> MaskPredicate | str:
+    """What the mask hides, proved from positions, or why it is data."""
+    if not all(isinstance(n, int) for n in scores):
+        return f"the scores have a symbolic shape {scores}"
     try:
-        if additive is False:
-            # masked_fill hides where its condition is true.
-            hidden = boolean_predicate(mask, queries, keys)
-            predicate, fill = _negated(hidden), masked_fill
-        elif boolean:
-            predicate, fill = boolean_predicate(mask, queries, keys), float("-inf")
-        else:
-            predicate, fill = additive_predicate(mask, queries, keys)
-        candidate = replace(spec, predicate=predicate)
-        if fill != float("-inf") and not _every_row_sees_a_key(candidate, queries, keys):
-            raise NotPositional("the mask hides whole rows, which a finite fill averages over")
-        return candidate, None
-    except NotPositional:
-        if additive is False:
-            raise _Mismatch("masked_fill with a data condition") from None
-        kind = MaskTensor.BOOLEAN if boolean else MaskTensor.ADDITIVE
-        return replace(spec, mask_tensor=kind), mask
+        return mask_predicate(symbolic(mask), scores, kind)
+    except NotPositional as reason:
+        return str(reason)
 
 
-def _negated(expr: Expr) -> Expr:
-    # masked_fill(~causal, -inf) hides where not causal: visible where causal.
-    if isinstance(expr, Call) and expr.op == "not":
-        return expr.args[0]
-    return Call("not", (expr,))
+def _no_row_hidden(spec: AttentionSpec, scores: tuple[Any, ...]) -> bool:
+    predicate = position_mask(spec)
+    return predicate is None or rows_without_keys(predicate, scores[2], scores[3]) is False
 
 
-def _every_row_sees_a_key(spec: AttentionSpec, queries: int, keys: int) -> bool:
-    """Whether no query row is wholly hidden: then a fill of finfo.min (HF's choice) and
-    -inf give the same softmax, and the predicate may stand for the additive mask."""
-    if queries * keys > _ROW_CHECK_LIMIT:
-        return False
-    keep = visible(spec, queries, keys, torch.device("cpu"))
-    return keep is None or bool(keep.any(dim=-1).all())
-
-
-def _shape(node: Any, what: str) -> tuple[int, ...]:
+def _shape(node: Any, what: str) -> tuple[Any, ...]:
     value = example(node)
     if value is None:
         raise _Mismatch(f"{what} has no recorded shape")

@@ -1,21 +1,25 @@
 """The attention an `AttentionSpec` states, in plain PyTorch operations.
 
-Three callers need it: the custom op's backward (which recomputes the probabilities, see
-`attention_backward`), the custom op's forward when a kernel fails at run time (the model
-must not crash), and `visible`, which evaluates a mask predicate on a grid of positions.
-Everything here materializes the P x M scores, as eager attention does.
+The custom op's backward recomputes the probabilities with it (`attention_backward`), its
+forward falls back on it when a kernel fails at run time (the model must not crash), and both
+settle rows that see no key the way the model asked (`with_empty_rows`). Everything here but
+the row check materializes the P x M scores, as eager attention does.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
-from attncc.frontends.torch.spec import AttentionSpec
+from attncc.analysis import TileClass, classify_tiles
+from attncc.errors import AnalysisError
+from attncc.frontends.torch.spec import AttentionSpec, EmptyRow
 from attncc.ir import Call, Const, Coord, Expr
 
 _OPS: dict[str, Callable[..., Any]] = {
@@ -37,7 +41,16 @@ _OPS: dict[str, Callable[..., Any]] = {
     "or": torch.logical_or,
     "not": torch.logical_not,
 }
-"""Integer and logical IR operators on int64 position tensors (exact, like the IR's)."""
+"""The IR's integer and logical operators on int64 position tensors: PyTorch's spelling of
+the masks' part of backends.numpy.ops.MAP_OPS, so masks evaluate on any device and trace."""
+
+
+def position_mask(spec: AttentionSpec) -> Expr | None:
+    """The causal flag and the predicate as one predicate over m and p (None: no such mask)."""
+    conditions = [e for e in (_causal(spec), spec.predicate) if e is not None]
+    if not conditions:
+        return None
+    return conditions[0] if len(conditions) == 1 else Call("and", tuple(conditions))
 
 
 def visible(
@@ -45,15 +58,15 @@ def visible(
 ) -> torch.Tensor | None:
     """[P, M] booleans, true where query p sees key m under the causal flag and the
     predicate; None when every key is visible."""
-    conditions = [e for e in (_causal(spec), spec.predicate) if e is not None]
-    if not conditions:
-        return None
+    predicate = position_mask(spec)
+    return None if predicate is None else _grid(predicate, query_len, key_len, device)
+
+
+def _grid(predicate: Expr, query_len: int, key_len: int, device: torch.device) -> torch.Tensor:
     m = torch.arange(key_len, device=device)[None, :]
     p = torch.arange(query_len, device=device)[:, None]
-    result = torch.ones(query_len, key_len, dtype=torch.bool, device=device)
-    for condition in conditions:
-        result = result & _evaluate(condition, {"m": m, "p": p})
-    return result
+    every = torch.ones(query_len, key_len, dtype=torch.bool, device=device)
+    return every & _evaluate(predicate, {"m": m, "p": p})
 
 
 def _causal(spec: AttentionSpec) -> Expr | None:
@@ -70,11 +83,56 @@ def _evaluate(expr: Expr, positions: dict[str, torch.Tensor]) -> Any:
     raise ValueError(f"a mask predicate cannot hold {expr!r}")
 
 
-def _bias(spec: AttentionSpec, mask: torch.Tensor | None, dtype: torch.dtype) -> Any:
+@functools.lru_cache(maxsize=64)
+def _rows_seeing_a_key(predicate: Expr, query_len: int, key_len: int) -> np.ndarray | None:
+    """[P] booleans, whether each query row sees a key under `predicate`; None when all do.
+    Decided per row by the tile classifier (one tile per row), not point by point."""
+    try:
+        tiles = classify_tiles(
+            predicate, key_len=key_len, query_len=query_len, key_tile=key_len, query_tile=1
+        )
+        rows = tiles.classes[:, 0] != TileClass.EMPTY
+    except AnalysisError:
+        # A predicate the classifier cannot decide exactly: point by point, once per size.
+        rows = _grid(predicate, query_len, key_len, torch.device("cpu")).any(dim=-1).numpy()
+    return None if rows.all() else rows
+
+
+def rows_seeing_a_key(
+    spec: AttentionSpec, mask: torch.Tensor | None, query_len: int, key_len: int
+) -> torch.Tensor | None:
+    """Booleans [..., P], whether each query row sees at least one key; None when all do."""
+    predicate = position_mask(spec)
+    if mask is None:
+        if predicate is None:
+            return None
+        rows = _rows_seeing_a_key(predicate, query_len, key_len)
+        return None if rows is None else torch.from_numpy(rows)
+    keep = mask if mask.dtype == torch.bool else mask != -math.inf
+    shown = visible(spec, query_len, key_len, mask.device)
+    if shown is not None:
+        keep = keep & shown
+    return keep.any(dim=-1)
+
+
+def with_empty_rows(
+    spec: AttentionSpec, out: torch.Tensor, mask: torch.Tensor | None, key_len: int
+) -> torch.Tensor:
+    """`out` [..., P, F] with the rows that see no key set to what the model asked (0 for
+    SDPA, NaN for a softmax written out): the cascades' own value there depends on the form
+    (0/0 as written, 0 once block-sparse)."""
+    if not spec.masked:
+        return out
+    rows = rows_seeing_a_key(spec, mask, out.shape[-2], key_len)
+    if rows is None:
+        return out
+    empty = 0.0 if spec.empty_row is EmptyRow.ZERO else math.nan
+    return torch.where(rows.to(out.device)[..., None], out, empty)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The additive form of a mask tensor: SDPA's meaning of a boolean mask is 0 where
     visible and -inf where hidden."""
-    if mask is None:
-        return None
     if mask.dtype == torch.bool:
         return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, -math.inf)
     return mask.to(dtype)
@@ -90,9 +148,8 @@ def _scores(
     compute = torch.promote_types(q.dtype, torch.float32)
     scale = spec.scale if spec.scale is not None else 1 / math.sqrt(q.shape[-1])
     s = torch.matmul(q.to(compute), _repeat(spec, k).to(compute).transpose(-1, -2)) * scale
-    bias = _bias(spec, mask, compute)
-    if bias is not None:
-        s = s + bias
+    if mask is not None:
+        s = s + additive_mask(mask, compute)
     keep = visible(spec, q.shape[-2], k.shape[-2], q.device)
     return s if keep is None else s.masked_fill(~keep, -math.inf)
 
@@ -111,7 +168,8 @@ def attention_reference(
 ) -> torch.Tensor:
     """softmax(s) v, in q's dtype."""
     probabilities = torch.softmax(_scores(spec, q, k, mask), dim=-1)
-    return torch.matmul(probabilities, _repeat(spec, v).to(probabilities.dtype)).to(q.dtype)
+    out = torch.matmul(probabilities, _repeat(spec, v).to(probabilities.dtype))
+    return with_empty_rows(spec, out, mask, k.shape[-2]).to(q.dtype)
 
 
 def attention_backward(
@@ -130,7 +188,8 @@ def attention_backward(
     compute = torch.promote_types(q.dtype, torch.float32)
     scale = spec.scale if spec.scale is not None else 1 / math.sqrt(q.shape[-1])
     a = torch.softmax(_scores(spec, q, k, mask), dim=-1)
-    # Hidden rows (every key masked) give NaN in eager attention too; their gradient is 0.
+    # A row that sees no key has NaN probabilities (0/0); its output does not depend on the
+    # inputs, so its gradient is 0.
     a = torch.nan_to_num(a, nan=0.0)
     g = grad.to(compute)
     dv = torch.matmul(a.transpose(-1, -2), g)
