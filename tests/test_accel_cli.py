@@ -129,3 +129,99 @@ def test_bad_architecture_file_is_a_located_error(
 
     assert status == 1
     assert err.strip() == f"error: {arch}: arrays: missing (required)"
+
+
+def test_study_sweep_with_a_failed_point_exits_1_and_keeps_every_row(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "banks.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "arch": "fusemax",
+                "cascade": "attention_3pass",
+                "options": {"scale": 1.0},
+                "workload": {"length": 1024, "E": 64, "F": 64},
+                "sweep": {"arch.buffer.banks": [0, 32]},
+            }
+        )
+    )
+    out = tmp_path / "banks.csv"
+
+    status, printed, err = run(
+        capsys, "study", "sweep", str(spec), "--out", str(out), "--workers", "1"
+    )
+
+    assert status == 1
+    assert "2 points, 1 failed" in printed
+    assert f"error: 1 of 2 points failed (their rows in {out} hold the error):" in err
+    assert "buffer.banks: must be positive, got 0" in err
+    rows = list(csv.DictReader(out.open()))
+    assert [r["arch_buffer_banks"] for r in rows] == ["0", "32"]
+    assert rows[0]["error"] and not rows[1]["error"] and float(rows[1]["latency_s"]) > 0
+
+
+def test_study_sweep_with_a_bad_value_is_refused_before_it_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "lengths.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "arch": "fusemax",
+                "cascade": "attention_3pass",
+                "workload": {"length": 1024, "E": 64, "F": 64},
+                "sweep": {"workload.length": [4096, "abc"]},
+            }
+        )
+    )
+
+    status, _, err = run(capsys, "study", "sweep", str(spec), "--out", str(tmp_path / "x.csv"))
+
+    assert status == 1
+    assert err.strip() == (
+        f"error: {spec}: sweep.workload.length[1]: must be a positive integer, got 'abc'"
+    )
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_study_model_mapping_with_bad_yaml_names_the_file_and_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    mapping = tmp_path / "bad.yaml"
+    mapping.write_text("bind: {A: 2d\n  tiles: [\n")
+
+    status, _, err = run(
+        capsys,
+        "study",
+        "model",
+        "attention_3pass",
+        "--shapes",
+        "M=64,P=64,E=8,F=8",
+        "--mapping",
+        str(mapping),
+    )
+
+    assert status == 1
+    assert err.startswith(f"error: {mapping}:2: not valid YAML: ")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--instances", "-5"], "instances: must be a positive integer, got -5"),
+        (["--instances", "0"], "instances: must be a positive integer, got 0"),
+        (["--shapes", "M=100.7,P=64,E=8,F=8"], "M: must be a positive integer, got 100.7"),
+        (["--shapes", "M=0,P=64,E=8,F=8"], "M: must be a positive integer, got 0.0"),
+    ],
+)
+def test_study_model_refuses_bad_sizes(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    shapes = [] if "--shapes" in argv else ["--shapes", "M=64,P=64,E=8,F=8"]
+
+    status, out, err = run(capsys, "study", "model", "attention_3pass", *shapes, *argv)
+
+    assert status == 1 and out == ""
+    assert err.startswith("error: workload --shapes ") and message in err

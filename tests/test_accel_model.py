@@ -9,11 +9,16 @@ import pytest
 import yaml
 
 from attncc.accel import Result, Workload, architecture_from_dict, evaluate, load_architecture
+from attncc.accel.facts import cascade_facts
+from attncc.accel.mapping import plan
 from attncc.accel.spec import preset_text
 from attncc.accel.studies import LENGTHS, MODELS, PAPER, Point, run_study, study_cascades, summarize
+from attncc.accel.traffic import Sizes, _operand_words
 from attncc.analysis import count_passes
+from attncc.errors import ShapeError
 from attncc.frontends.library import attention_1pass, attention_2pass, attention_3pass
 from attncc.frontends.masks import sliding_window
+from attncc.ir import parse
 from attncc.passes import run_pipeline
 
 FLASH = "defer-div,partition(rank=M,tile=256),running-reduce,dce"
@@ -254,3 +259,105 @@ def test_grouped_query_attention_counts_each_head_once() -> None:
     assert dict(plain.energy)["dram"] == pytest.approx(16 * 2**20 * 62.4)
     # One instance is one batch entry's group: the four query heads that share a key head.
     assert grouped.phases[0].residency.row_words == 4 * (64 + 1 + 1 + 64)
+
+
+TWO_MEMORIES = """cascade two_memories
+rank E, F, M, N, P
+input Q[e,p] : f32
+input K[e,m] : f32
+input V[f,m] : f32
+input KN[e,n] : f32
+input VN[f,n] : f32
+output AV[f,p] : f32
+QK[m,p] = Q[e,p] * K[e,m] where m <= p else -inf
+GM[p] = max(m) QK[m,p]
+SN[m,p] = exp(QK[m,p] - GM[p])
+SD[p] = SN[m,p]
+A[m,p] = SN[m,p] / SD[p]
+AVM[f,p] = A[m,p] * V[f,m]
+QKN[n,p] = Q[e,p] * KN[e,n] where 4 * n <= p else -inf
+GMN[p] = max(n) QKN[n,p]
+SNN[n,p] = exp(QKN[n,p] - GMN[p])
+SDN[p] = SNN[n,p]
+AN[n,p] = SNN[n,p] / SDN[p]
+AVN[f,p] = AN[n,p] * VN[f,n]
+AV[f,p] = AVM[f,p] + AVN[f,p]
+"""
+
+
+def test_each_einsum_and_input_follows_its_own_block_sparse_declaration() -> None:
+    """Causal attention over M keys plus attention over N = M/4 memory slots (slot n seen
+    from query 4n): two block-sparse declarations, QK over M1 and QKN over N1, each with its
+    own density. By hand, 256 x 256 tiles, M = P = 4096, N = 1024: QK keeps 136 of 16 x 16
+    tiles (0.53125), QKN 40 of 16 x 4 (query tile i sees key tiles j <= i // 4: 0.625).
+
+    With one query tile resident (P1 = 1: 16 chunks of 256 rows), DRAM words: Q and AV
+    64 * 4096 each; K and V 16 * 64 * 4096 * 0.53125 each; KN and VN 16 * 64 * 1024 * 0.625
+    each: 524,288 + 4,456,448 + 1,310,720 = 6,291,456 words, 12 MiB."""
+    flash = "defer-div,partition(rank=M,tile=256),partition(rank=N,tile=256),running-reduce,dce"
+    sparse = "block-sparse(query_tile=256)"
+    cascade = run_pipeline(parse(TWO_MEMORIES), f"{flash},{sparse},{sparse}")[0]
+    assert [s.tensor for s in cascade.sparse] == ["QK", "QKN"]
+    arch = load_architecture("fusemax")
+    work = Workload("two", (("M", 4096), ("P", 4096), ("N", 1024), ("E", 64), ("F", 64)))
+
+    result = evaluate(cascade, arch, work, {"tiles": {"P1": 1}})
+
+    assert result.phases[0].residency.chunks == 16
+    assert result.dram_bytes == 12 * 2**20
+    facts, mapping = plan(cascade, arch, {"tiles": {"P1": 1}})
+    assert facts.einsum("QKN").sparse == ("density_QKN",)
+    assert facts.einsum("QK").sparse == ("density_QK",)
+    values = {"M": 4096, "P": 4096, "N": 1024, "E": 64, "F": 64, "M0": 256, "N0": 256}
+    values |= {"M1": 16, "N1": 4, "density_QK": 0.53125, "density_QKN": 0.625}
+    sizes = Sizes(cascade_facts(cascade), {k: float(v) for k, v in values.items()})
+    # Buffer reads of the keys: E x keys words, re-read for each of the 16 query tiles the
+    # reader's array spreads (QK's the 2-D one, QKN's the 1-D one), in the tiles the reader's
+    # own declaration leaves.
+    assert (mapping.array_of("QK"), mapping.array_of("QKN")) == ("2d", "1d")
+    assert _operand_words(facts, mapping, facts.einsum("QKN"), "BKN", sizes) == (
+        64 * 1024 * 16 * 0.625
+    )
+    assert _operand_words(facts, mapping, facts.einsum("QK"), "BK", sizes) == (
+        64 * 4096 * 16 * 0.53125
+    )
+
+
+@pytest.mark.parametrize(
+    ("sizes", "instances", "message"),
+    [
+        ((("M", 1024), ("P", 1024)), -5, "instances: must be a positive integer, got -5"),
+        ((("M", 1024), ("P", 1024)), 0, "instances: must be a positive integer, got 0"),
+        ((("M", 100.7), ("P", 1024)), 1, "M: must be a positive integer, got 100.7"),
+        ((("M", 1024), ("P", -1)), 1, "P: must be a positive integer, got -1"),
+        ((("M", 1024), ("E", float("inf"))), 1, "E: must be a positive integer, got inf"),
+        ((("M", 1024), ("density_S", 0)), 1, "density_S: must be a tile density in (0, 1], got 0"),
+        ((("M", 1024), ("E", True)), 1, "E: must be a positive integer, got True"),
+    ],
+)
+def test_workload_sizes_are_checked(
+    sizes: tuple[tuple[str, float], ...], instances: int, message: str
+) -> None:
+    with pytest.raises(ShapeError) as error:
+        Workload("w", sizes, instances)
+    assert str(error.value) == f"workload w: {message}"
+
+
+def test_residency_rules_are_mapping_options() -> None:
+    """BERT at 256K on FuseMax: 1024 query tiles of 256 rows, 130 words a row (Q, RM, RD,
+    RNV), 8,355,840 words of buffer beside one K and V tile: 251 query tiles fit. The default
+    rounds down to a divisor of 1024 (128: 8 chunks); `fit` keeps 251 (5 chunks), so K and V
+    are read 3 times fewer; two reserved key tiles leave room for 250."""
+    cascade, arch = study_cascades()["fusemax"], load_architecture("fusemax")
+    default = evaluate(cascade, arch, bert(2**18))
+    fit = evaluate(cascade, arch, bert(2**18), {"residency": {"query_tiles": "fit"}})
+    double = evaluate(
+        cascade, arch, bert(2**18), {"residency": {"query_tiles": "fit", "key_tiles": 2}}
+    )
+
+    assert (default.phases[0].residency.query_tiles, default.phases[0].residency.chunks) == (128, 8)
+    assert (fit.phases[0].residency.query_tiles, fit.phases[0].residency.chunks) == (251, 5)
+    kv_bytes = 2 * 64 * 2**18 * 2 * 768  # K and V once, 16-bit words, every instance
+    assert default.dram_bytes - fit.dram_bytes == 3 * kv_bytes
+    assert double.phases[0].residency.tile_words == 2 * fit.phases[0].residency.tile_words
+    assert double.phases[0].residency.query_tiles == 250

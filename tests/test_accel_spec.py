@@ -1,5 +1,6 @@
-"""Architecture specs: the presets load with the paper's parameters, and malformed specs and
-bindings are refused with messages that name the file, the field and the fix."""
+"""Architecture specs: the presets load with the paper's parameters, a spec inherits from a
+`base` one, and malformed specs and bindings are refused with messages that name the file, the
+field and the fix."""
 
 from __future__ import annotations
 
@@ -154,6 +155,9 @@ def test_an_operation_no_array_runs() -> None:
         ({"phases": [["QK", "GM"], ["SN"]]}, "phases: every Einsum exactly once"),
         ({"phases": [["GM"], ["QK", "SN", "SD", "A", "AV"]]}, "GM (phase 1) reads QK"),
         ({"unroll": 2}, "unroll: unknown mapping option"),
+        ({"residency": {"key_tile": 2}}, "residency.key_tile: unknown field"),
+        ({"residency": {"key_tiles": 0}}, "residency.key_tiles: must be a positive integer"),
+        ({"residency": {"query_tiles": "most"}}, "'most' is not one of divisor, fit"),
     ],
 )
 def test_bad_mapping_options(options: dict[str, Any], message: str) -> None:
@@ -171,3 +175,89 @@ def test_buffer_too_small_for_the_rows_in_flight() -> None:
 
     with pytest.raises(SpecError, match=r"tiny\.yaml: buffer\.capacity_bytes: 4096 bytes cannot"):
         evaluate(cascade, arch, work)
+
+
+def test_unfused_preset_is_flat_with_its_own_mapping() -> None:
+    """unfused.yaml says `base: flat` and changes the name and the mapping's overlap and
+    fusion: everything else is FLAT's, the spatial mapping merged in from FLAT's mapping."""
+    assert preset_dict("unfused")["base"] == "flat"
+    flat, unfused = load_architecture("flat"), load_architecture("unfused")
+
+    assert unfused.name == "unfused"
+    assert (unfused.arrays, unfused.buffer, unfused.energy) == (
+        flat.arrays,
+        flat.buffer,
+        flat.energy,
+    )
+    hints = dict(unfused.mapping)
+    assert hints["overlap"] == "serialized" and hints["fusion"] == "per-array"
+    assert hints["spatial"] == dict(flat.mapping)["spatial"]
+
+
+def test_a_spec_inherits_from_a_preset_or_a_file_in_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "half.yaml").write_text("base: fusemax\nbuffer: {capacity_bytes: 8388608}\n")
+    (tmp_path / "narrow.yaml").write_text(
+        "base: half.yaml\nname: narrow\narrays: {2d: {shape: [128, 128]}}\n"
+    )
+
+    arch = load_architecture(str(tmp_path / "narrow.yaml"))
+
+    fusemax = load_architecture("fusemax")
+    assert arch.name == "narrow" and arch.source == str(tmp_path / "narrow.yaml")
+    assert arch.buffer.capacity == 8388608 and arch.buffer.banks == fusemax.buffer.banks
+    two_d = arch.array("2d")
+    assert two_d is not None and two_d.shape == (128, 128)
+    assert two_d.ops == fusemax.array("2d").ops  # type: ignore[union-attr]
+    assert arch.energy == fusemax.energy
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.yaml": "base: fusemaks\n"}, "a.yaml: base: no architecture file 'fusemaks'"),
+        (
+            {"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"},
+            "base: a.yaml inherits from itself ({a} -> {b} -> {a})",
+        ),
+        ({"a.yaml": "base: [fusemax]\n"}, "a.yaml: base: a preset name or a YAML file"),
+        # The merged result is checked like any spec.
+        (
+            {"a.yaml": "base: fusemax\narrays: {2d: {shape: [0, 256]}}\n"},
+            "a.yaml: arrays.2d.shape[0]: must be positive, got 0",
+        ),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "name: [\n"}, "b.yaml:2: not valid YAML"),
+    ],
+)
+def test_bad_bases(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+    with pytest.raises(SpecError) as error:
+        load_architecture(str(tmp_path / "a.yaml"))
+
+    assert message.format(a=tmp_path / "a.yaml", b=tmp_path / "b.yaml") in str(error.value)
+
+
+def test_register_accesses_per_cycle_are_a_spec_field() -> None:
+    """Two reads and a write per busy PE cycle unless the spec says otherwise: three reads
+    add one register read (0.653431 pJ) per busy cycle."""
+    data = preset_dict()
+    default = architecture_from_dict(data, "fusemax.yaml")
+    data["arrays"]["2d"]["registers"] = {"reads": 3}
+    more = architecture_from_dict(data, "fusemax.yaml")
+    two_d = more.array("2d")
+    assert two_d is not None and (two_d.register_reads, two_d.register_writes) == (3.0, 1.0)
+    cascade = attention_3pass(scale=1.0)
+    work = Workload("w", (("M", 1024), ("P", 1024), ("E", 64), ("F", 64)))
+    base, changed = evaluate(cascade, default, work), evaluate(cascade, more, work)
+    busy_2d = sum(
+        count * (two_d.op(kind).cycles)  # type: ignore[union-attr]
+        for e in base.einsums
+        if e.array == "2d"
+        for kind, count in e.ops
+    )
+    extra = dict(changed.energy)["register"] - dict(base.energy)["register"]
+    assert extra == pytest.approx(busy_2d * 0.653431)
+    data["arrays"]["2d"]["registers"] = {"read": 3}
+    with pytest.raises(SpecError, match=r"arrays\.2d\.registers\.read: unknown field"):
+        architecture_from_dict(data, "fusemax.yaml")

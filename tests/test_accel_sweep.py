@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from attncc.accel import sweep
 from attncc.accel.spec import SpecError
 from attncc.accel.sweep import load_sweep, points, run_point, run_sweep
 from attncc.errors import AttnccError
@@ -112,6 +113,22 @@ def test_sweep_over_cascades_and_mapping(tmp_path: Path) -> None:
             {**TINY, "sweep": {"arch.buffer.banks": []}},
             "sweep: a mapping of dotted names to non-empty",
         ),
+        (
+            {**TINY, "sweep": {"workload.length": [4096, "abc"]}},
+            "sweep.workload.length[1]: must be a positive integer, got 'abc'",
+        ),
+        ({**TINY, "instances": "many"}, "instances: must be a positive integer, got 'many'"),
+        ({**TINY, "sweep": {"instances": [8, 0]}}, "sweep.instances[1]: must be a positive"),
+        (
+            {**TINY, "workload": {"length": 4096.5, "E": 64}},
+            "workload.length: must be a positive integer, got 4096.5",
+        ),
+        (
+            {**TINY, "workload": {"length": 4096, "density_S": 2}},
+            "workload.density_S: must be a tile density in (0, 1], got 2",
+        ),
+        ({**TINY, "options": [1]}, "options: expected dict, got [1]"),
+        ({**TINY, "passes": 3}, "passes: expected str or null, got 3"),
     ],
 )
 def test_bad_sweep_specs(tmp_path: Path, spec: dict[str, Any], message: str) -> None:
@@ -119,6 +136,50 @@ def test_bad_sweep_specs(tmp_path: Path, spec: dict[str, Any], message: str) -> 
     with pytest.raises(SpecError, match=f"{path}: ") as error:
         load_sweep(path)
     assert message in str(error.value)
+
+
+def test_sweep_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("arch: fusemax\nsweep: {a: [1\n")
+
+    with pytest.raises(SpecError, match=rf"{path}:3: not valid YAML"):
+        load_sweep(path)
+
+
+def test_an_internal_error_at_one_point_is_a_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any exception while one point runs is recorded in its row; the others still run."""
+    spec = load_sweep(write_spec(tmp_path, {**TINY, "sweep": {"workload.length": [1024, 2048]}}))
+    real = sweep.evaluate
+
+    def fails_at_1024(*args: Any, **kwargs: Any) -> Any:
+        if dict(args[2].sizes)["M"] == 1024:
+            raise ValueError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "evaluate", fails_at_1024)
+    rows = [run_point(p) for p in points(spec)]
+
+    assert rows[0]["error"] == "internal error (ValueError: boom); please report"
+    assert "error" not in rows[1] and rows[1]["latency_s"] > 0
+
+
+def test_sweep_over_a_spec_with_a_base(tmp_path: Path) -> None:
+    """An architecture file with `base:` is merged before the axes are put in."""
+    (tmp_path / "small.yaml").write_text("base: fusemax\nname: small\n")
+    spec = load_sweep(
+        write_spec(
+            tmp_path,
+            {**TINY, "arch": "small.yaml", "sweep": {"arch.buffer.capacity_bytes": [2**22]}},
+        )
+    )
+    (point,) = points(spec)
+
+    assert point["arch"]["name"] == "small" and "base" not in point["arch"]
+    assert point["arch"]["buffer"]["capacity_bytes"] == 2**22
+    assert point["arch"]["arrays"]["2d"]["shape"] == [256, 256]
+    assert run_point(point)["design"] == "small"
 
 
 @pytest.mark.parametrize("backend", ["ray", "dask"])

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attncc.accel.model import Result, Workload, evaluate
-from attncc.accel.spec import PRESETS, SpecError, load_architecture
+from attncc.accel.spec import PRESETS, SpecError, load_architecture, read_yaml
 from attncc.accel.studies import format_summary, run_study, study_size, summarize, write_csv
 from attncc.accel.sweep import BACKENDS, load_sweep, points, run_sweep
 from attncc.errors import AttnccError
@@ -108,9 +107,15 @@ def _sweep(args: argparse.Namespace) -> int:
     write_csv(rows, out)
     failed = [r for r in rows if r.get("error")]
     print(f"sweep: {len(rows)} points, {len(failed)} failed; wrote {out}")
+    if failed:
+        print(
+            f"error: {len(failed)} of {len(rows)} points failed (their rows in {out} hold the "
+            f"error){'; the first 5:' if len(failed) > 5 else ':'}",
+            file=sys.stderr,
+        )
     for row in failed[:5]:
-        print(f"  error: {row['error']}", file=sys.stderr)
-    return 1 if failed and len(failed) == len(rows) else 0
+        print(f"  {row['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _model(args: argparse.Namespace) -> int:
@@ -124,12 +129,14 @@ def _model(args: argparse.Namespace) -> int:
         given = tuple((k, float(v)) for k, v in sizes.items())
     except ValueError:
         raise AttnccError(f"--shapes {args.shapes}: sizes are numbers") from None
-    mapping = None
+    mapping: dict[str, Any] | None = None
     if args.mapping:
-        mapping = yaml.safe_load(Path(args.mapping).read_text())
-        if not isinstance(mapping, dict):
+        data = read_yaml(args.mapping)
+        if not isinstance(data, dict):
             raise SpecError(f"{args.mapping}: expected a mapping of mapping options")
-    result = evaluate(cascade, arch, Workload(args.shapes, given, args.instances), mapping)
+        mapping = data
+    work = Workload(f"--shapes {args.shapes} --instances {args.instances}", given, args.instances)
+    result = evaluate(cascade, arch, work, mapping)
     print(format_result(result))
     return 0
 

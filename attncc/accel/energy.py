@@ -2,9 +2,10 @@
 table (picojoules per action, per word for memories).
 
 Compute: each operation an Einsum performs, expanded into the native actions its PE builds it
-from (exp on FuseMax: six MACs). Registers: every busy PE cycle reads two operands from the
-PE's register file and writes one result (a zero-cycle select, a multiplexer in the output
-stage, touches none). Buffer and DRAM: the words attncc.accel.traffic counts.
+from (exp on FuseMax: six MACs). Registers: every busy PE cycle reads and writes the PE's
+register file as often as the array's spec says (`registers`; by default two operands read and
+one result written; a zero-cycle select, a multiplexer in the output stage, is no busy cycle).
+Buffer and DRAM: the words attncc.accel.traffic counts.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from attncc.accel.spec import Architecture, PEArray
-
-REGISTER_READS_PER_CYCLE = 2
-REGISTER_WRITES_PER_CYCLE = 1
 
 
 def compute_energy(
@@ -31,8 +29,8 @@ def compute_energy(
         for action, times in op.actions:
             energy[action] += count * times * arch.energy_of(action)
     energy["register"] += busy * (
-        REGISTER_READS_PER_CYCLE * arch.energy_of("register_read")
-        + REGISTER_WRITES_PER_CYCLE * arch.energy_of("register_write")
+        array.register_reads * arch.energy_of("register_read")
+        + array.register_writes * arch.energy_of("register_write")
     )
     return dict(energy)
 

@@ -45,24 +45,21 @@ class Workload:
     instances: int = 1
 
     def __post_init__(self) -> None:
-        problem = size_problem("instances", self.instances)
-        if problem is not None:
-            raise ShapeError(f"workload {self.name}: {problem}")
-        for key, value in self.sizes:
+        for key, value in (*self.sizes, ("instances", self.instances)):
             problem = size_problem(key, value)
             if problem is not None:
-                raise ShapeError(f"workload {self.name}: {problem}")
+                raise ShapeError(f"workload {self.name}: {key}: {problem}")
 
 
 def size_problem(key: str, value: object) -> str | None:
     """What is wrong with `value` as workload field `key` (a rank size, `instances` or a
     `density_S`), or None."""
     density = key.startswith("density_")
-    wanted = "a tile density in (0, 1]" if density else "a positive integer"
+    problem = f"must be {'a tile density in (0, 1]' if density else 'a positive integer'}"
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return f"{key}: must be {wanted}, got {value!r}"
+        return f"{problem}, got {value!r}"
     fits = 0 < value <= 1 if density else value >= 1 and value == int(value)
-    return None if fits else f"{key}: must be {wanted}, got {value!r}"
+    return None if fits else f"{problem}, got {value!r}"
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,14 @@ evaluates exp as a degree-6 polynomial, six MACs in sequence, so the Einsum e^(x
 the paper's 6 MACs + 1 add). An Einsum bound to an array that lacks one of its operations is
 an error, not a guess. `issue` says how a PE runs an Einsum's operations: one after another
 (`sequential`, FuseMax's PEs) or each kind on its own pipelined unit (`pipelined`, FLAT's
-1-D softmax unit with its dedicated exp). Every number in the energy table is in picojoules
-per action; see presets/*.yaml for where each default comes from.
+1-D softmax unit with its dedicated exp). `registers` says how many register-file reads and
+writes each busy PE cycle makes (default two operands read, one result written). Every number
+in the energy table is in picojoules per action; see presets/*.yaml for where each default
+comes from.
+
+A spec may start from another: `base: flat` (a preset) or `base: other.yaml` (a file, from the
+spec's folder) takes that spec and deep-merges this one over it (mappings merge key by key,
+anything else is replaced), then checks the merged result like any spec.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ MEMORY_ACTIONS: tuple[str, ...] = (
 
 PRESETS: tuple[str, ...] = ("fusemax", "flat", "unfused")
 
+REGISTERS: dict[str, float] = {"reads": 2.0, "writes": 1.0}
+"""Register-file accesses per busy PE cycle by default: two operands read, one result
+written (a multiply-accumulate's third operand stays in its accumulator)."""
+
 
 class SpecError(AttnccError):
     """An architecture, mapping or sweep spec that is malformed; names the file and field."""
@@ -65,12 +75,15 @@ class OpCost:
 
 @dataclass(frozen=True)
 class PEArray:
-    """`shape`: PEs along each dimension ((256, 256) or (256,)); `ops`: what each PE runs."""
+    """`shape`: PEs along each dimension ((256, 256) or (256,)); `ops`: what each PE runs;
+    `register_reads` and `register_writes`: register-file accesses per busy PE cycle."""
 
     name: str
     shape: tuple[int, ...]
     ops: tuple[OpCost, ...]
     issue: Issue
+    register_reads: float = REGISTERS["reads"]
+    register_writes: float = REGISTERS["writes"]
 
     @property
     def pes(self) -> int:
@@ -125,14 +138,25 @@ class Architecture:
 
 def load_architecture(source: str | Path) -> Architecture:
     """A preset by name (`fusemax`, `flat`, `unfused`) or a YAML file, validated."""
-    text, where = _read(source)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{where}{line}: not valid YAML: {error}") from None
+    data, where = load_spec_data(source)
     return architecture_from_dict(data, where)
+
+
+def load_spec_data(source: str | Path, folder: Path | None = None) -> tuple[object, str]:
+    """The parsed spec of a preset or a file (relative to `folder`), its `base` merged in,
+    and where it came from."""
+    path, where = _locate(source, folder)
+    data = _parse(preset_text(str(source)) if path is None else path.read_text(), where)
+    return resolve_base(data, where, path.parent if path is not None else None), where
+
+
+def read_yaml(path: str | Path) -> object:
+    """A YAML file's data; a missing file or bad YAML is a SpecError naming the file and line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read: {error.strerror}") from None
+    return _parse(text, str(path))
 
 
 def preset_text(name: str) -> str:
@@ -141,20 +165,69 @@ def preset_text(name: str) -> str:
     return resources.files("attncc.accel").joinpath(f"presets/{name}.yaml").read_text()
 
 
-def _read(source: str | Path) -> tuple[str, str]:
+def resolve_base(
+    data: object, where: str, folder: Path | None = None, seen: tuple[str, ...] = ()
+) -> object:
+    """`data` deep-merged over the spec its `base` names (recursively), without `base`."""
+    if not isinstance(data, Mapping) or "base" not in data:
+        return data
+    base = data["base"]
+    if not isinstance(base, str):
+        raise SpecError(f"{where}: base: a preset name or a YAML file, got {base!r}")
+    path, base_where = _locate(base, folder, f"{where}: base: ")
+    chain = (*seen, where)
+    if base_where in chain:
+        cycle = " -> ".join((*chain[chain.index(base_where) :], base_where))
+        raise SpecError(f"{where}: base: {base} inherits from itself ({cycle})")
+    text = preset_text(base) if path is None else path.read_text()
+    parent = path.parent if path is not None else None
+    inherited = resolve_base(_parse(text, base_where), base_where, parent, chain)
+    if not isinstance(inherited, Mapping):
+        raise SpecError(f"{base_where}: expected a mapping of fields (the base of {where})")
+    return _merge(inherited, {k: v for k, v in data.items() if k != "base"})
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        below = merged.get(key)
+        if isinstance(below, Mapping) and isinstance(value, Mapping):
+            merged[key] = _merge(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _locate(source: str | Path, folder: Path | None, prefix: str = "") -> tuple[Path | None, str]:
+    """The file a spec name means (None for a preset) and how errors name it."""
     if isinstance(source, str) and source in PRESETS:
-        return preset_text(source), f"preset {source}"
+        return None, f"preset {source}"
     path = Path(source)
-    if not path.exists():
+    if folder is not None and not path.is_absolute():
+        path = folder / path
+    if not path.is_file():
         raise SpecError(
-            f"no architecture file {str(source)!r} and no preset of that name; "
+            f"{prefix}no architecture file {str(source)!r} and no preset of that name; "
             f"presets: {', '.join(PRESETS)}"
         )
-    return path.read_text(), str(path)
+    return path, str(path)
+
+
+def _parse(text: str, where: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise SpecError(f"{where}{line}: not valid YAML: {problem}") from None
 
 
 def architecture_from_dict(data: object, where: str = "spec") -> Architecture:
-    """Validate a parsed spec; every error names `where` and the field."""
+    """Validate a parsed spec (its `base`, if any, from `where`'s folder when `where` is a
+    file); every error names `where` and the field."""
+    folder = Path(where).parent if Path(where).is_file() else None
+    data = resolve_base(data, where, folder)
     fields = _Fields(where)
     top = fields.mapping(data, "")
     fields.known(
@@ -192,7 +265,7 @@ def architecture_from_dict(data: object, where: str = "spec") -> Architecture:
 def _array(fields: _Fields, name: str, body: object) -> PEArray:
     path = f"arrays.{name}"
     data = fields.mapping(body, path)
-    fields.known(data, path, ("shape", "ops", "issue"))
+    fields.known(data, path, ("shape", "ops", "issue", "registers"))
     shape_data = fields.required(data, "shape", path)
     if not isinstance(shape_data, list) or not 1 <= len(shape_data) <= 2:
         raise SpecError(
@@ -213,7 +286,13 @@ def _array(fields: _Fields, name: str, body: object) -> PEArray:
         raise SpecError(
             f"{fields.where}: {path}.issue: {issue_text!r} is not one of {choices}"
         ) from None
-    return PEArray(name, shape, ops, issue)
+    registers = fields.mapping(data.get("registers", {}), f"{path}.registers")
+    fields.known(registers, f"{path}.registers", tuple(REGISTERS))
+    reads, writes = (
+        fields.number(registers.get(k, REGISTERS[k]), f"{path}.registers.{k}", positive=False)
+        for k in REGISTERS
+    )
+    return PEArray(name, shape, ops, issue, reads, writes)
 
 
 def _op(fields: _Fields, path: str, kind: str, cost: object) -> OpCost:

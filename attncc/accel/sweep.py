@@ -17,8 +17,11 @@ on a Ray or Dask cluster the user already runs (the optional `cluster` extra).
       workload.length: [4096, 65536]
       cascade: [attention_1pass, attention_3pass]
 
-Axis names are dotted paths into the base point (`arch.` paths into the architecture's YAML);
-a point is a plain dict, so it travels to worker processes and cluster nodes as is.
+Axis names are dotted paths into the base point (`arch.` paths into the architecture's YAML,
+its `base` merged in); a point is a plain dict, so it travels to worker processes and cluster
+nodes as is. The spec is checked before any point runs (field types, workload sizes and
+instances, in the base point and on every axis); a point that fails all the same becomes a row
+with its error, and the other points still run.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from attncc.accel.model import Workload, evaluate
-from attncc.accel.spec import SpecError, architecture_from_dict, preset_text
+from attncc.accel.model import Workload, evaluate, size_problem
+from attncc.accel.spec import SpecError, architecture_from_dict, load_spec_data, read_yaml
 from attncc.errors import AttnccError
 from attncc.frontends.loader import load
 from attncc.ir import Cascade
@@ -57,10 +60,7 @@ BACKENDS = ("processes", "ray", "dask")
 def load_sweep(path: str | Path) -> dict[str, Any]:
     """A sweep spec, validated; relative file names in it are taken from its folder."""
     where = str(path)
-    try:
-        spec = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as error:
-        raise SpecError(f"{where}: not valid YAML: {error}") from None
+    spec = read_yaml(path)
     if not isinstance(spec, dict):
         raise SpecError(f"{where}: expected a mapping with fields {', '.join(FIELDS)}")
     for key in spec:
@@ -74,10 +74,38 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"{where}: sweep: a mapping of dotted names to non-empty value lists")
     base = Path(path).parent
     spec = {"options": {}, "passes": None, "instances": 1, "mapping": {}, **spec, "sweep": axes}
+    _check_fields(spec, where)
     spec["where"] = where
     spec["arch"] = _resolve(spec["arch"], base)
     spec["cascade"] = _resolve(spec["cascade"], base)
     return spec
+
+
+def _check_fields(spec: dict[str, Any], where: str) -> None:
+    """The base point's fields and every axis value that sets a workload size or instances."""
+    kinds: dict[str, tuple[type, ...]] = {
+        "name": (str,),
+        "arch": (str, dict),
+        "cascade": (str,),
+        "options": (dict,),
+        "passes": (str, type(None)),
+        "workload": (dict,),
+        "mapping": (dict,),
+    }
+    for key, types in kinds.items():
+        if key in spec and not isinstance(spec[key], types):
+            wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise SpecError(f"{where}: {key}: expected {wanted}, got {spec[key]!r}")
+    values = [(f"workload.{k}", k, v) for k, v in spec["workload"].items()]
+    values.append(("instances", "instances", spec["instances"]))
+    for axis, given in spec["sweep"].items():
+        if axis == "instances" or axis.startswith("workload."):
+            key = axis.removeprefix("workload.")
+            values += [(f"sweep.{axis}[{k}]", key, v) for k, v in enumerate(given)]
+    for field, key, value in values:
+        problem = size_problem("M" if key == "length" else key, value)
+        if problem is not None:
+            raise SpecError(f"{where}: {field}: {problem}")
 
 
 def _resolve(value: object, base: Path) -> object:
@@ -102,14 +130,9 @@ def _arch_dict(arch: object, where: str) -> dict[str, Any]:
     if isinstance(arch, dict):
         return arch
     try:
-        text = (
-            preset_text(str(arch))
-            if not str(arch).endswith((".yaml", ".yml"))
-            else Path(str(arch)).read_text()
-        )
-    except OSError as error:
-        raise SpecError(f"{where}: arch: cannot read {arch}: {error.strerror}") from None
-    data = yaml.safe_load(text)
+        data, _ = load_spec_data(str(arch))
+    except SpecError as error:
+        raise SpecError(f"{where}: arch: {error}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{where}: arch: {arch} is not an architecture mapping")
     return data
@@ -137,12 +160,13 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
         if "length" in sizes:
             length = sizes.pop("length")
             sizes |= {"M": length, "P": length}
-        work = Workload(
-            str(point.get("name", "sweep")), tuple(sizes.items()), int(point["instances"])
-        )
+        work = Workload(str(point.get("name", "sweep")), tuple(sizes.items()), point["instances"])
         result = evaluate(cascade, arch, work, point["mapping"])
     except AttnccError as error:
         return row | {"error": str(error)}
+    except Exception as error:
+        # A bug in attncc at one point must not lose the other points' results.
+        return row | {"error": f"internal error ({type(error).__name__}: {error}); please report"}
     return row | {k: v for k, v in result.row().items() if k != "workload"}
 
 
