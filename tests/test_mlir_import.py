@@ -18,13 +18,10 @@ import pytest
 
 from attncc.cli import main
 from attncc.errors import AttnccError
-from attncc.frontends.torch import mlir_import
+from attncc.frontends.torch import mlir_check
 from attncc.frontends.torch.import_inputs import InputSpec, parse_input_shapes
-from attncc.frontends.torch.mlir_import import (
-    ImportResult,
-    check_site,
-    import_attention,
-)
+from attncc.frontends.torch.mlir_check import check_site
+from attncc.frontends.torch.mlir_import import ImportResult, import_attention
 from attncc.frontends.torch.spec import AttentionSpec, MaskTensor
 from attncc.ir import Call, Const, Coord, format_expr, parse, print_cascade
 
@@ -60,6 +57,10 @@ def line_of(text: str, path: Path = EXAMPLES, *, after: str | None = None) -> in
 
 
 CAUSAL = AttentionSpec(causal=True)
+# The examples' heads are 64 / 4 = 16 wide; a model that writes the scale out (/ sqrt(16)) has
+# the literal 0.25 in its spec, SDPA without a scale None (its default, 1/sqrt(E)).
+SCALED = AttentionSpec(scale=0.25)
+SCALED_CAUSAL = AttentionSpec(scale=0.25, causal=True)
 EXAMPLE_SITES = {
     # factory: (shapes, [(spec, op, source text of the line reported)])
     "sdpa_attention": (
@@ -72,11 +73,11 @@ EXAMPLE_SITES = {
     ),
     "decomposed_causal_attention": (
         "x=2x12x64",
-        [(CAUSAL, "softmax.int", "weights = self.dropout(torch.softmax(scores, dim=-1))")],
+        [(SCALED_CAUSAL, "softmax.int", "weights = self.dropout(torch.softmax(scores, dim=-1))")],
     ),
     "tril_causal_attention": (
         "x=2x12x64",
-        [(CAUSAL, "softmax.int", "torch.matmul(F.softmax(scores, dim=-1), v)")],
+        [(SCALED_CAUSAL, "softmax.int", "torch.matmul(F.softmax(scores, dim=-1), v)")],
     ),
     "gqa_attention": (
         "x=2x12x64",
@@ -92,7 +93,7 @@ EXAMPLE_SITES = {
         "x=2x12x64,bias=2x1x1x12",
         [
             (
-                AttentionSpec(mask_tensor=MaskTensor.ADDITIVE),
+                AttentionSpec(scale=0.25, mask_tensor=MaskTensor.ADDITIVE),
                 "softmax.int",
                 "weights = torch.softmax(scores + bias, dim=-1)",
             )
@@ -162,15 +163,19 @@ def test_core_aten_decompositions_give_the_same_sites(name: str) -> None:
 WINDOW = Call("ge", (Coord("m"), Call("sub", (Coord("p"), Const(2.0)))))
 MORE_SITES = {
     # module: (shapes, spec)
-    "Bmm": ("q=8x12x16,k=8x12x16,v=8x12x16", AttentionSpec()),
+    "Bmm": ("q=8x12x16,k=8x12x16,v=8x12x16", SCALED),
     "ScaledOperands": (QKV, AttentionSpec(scale=0.6)),
-    "SlidingWindow": (QKV, AttentionSpec(causal=True, predicate=WINDOW)),
-    "TriuAdditiveMask": (QKV, CAUSAL),
+    "SlidingWindow": (QKV, AttentionSpec(scale=0.25, causal=True, predicate=WINDOW)),
+    "TriuAdditiveMask": (QKV, SCALED_CAUSAL),
     "PositionBias": (QKV, AttentionSpec(scale=1.0, mask_tensor=MaskTensor.ADDITIVE)),
     "BooleanMask": (QKV + ",m=2x4x12x12", AttentionSpec(mask_tensor=MaskTensor.BOOLEAN)),
-    "RepeatInterleave": ("q=2x4x12x16,k=2x2x12x16,v=2x2x12x16", AttentionSpec(gqa_group=2)),
-    "Einsum": (QKV, AttentionSpec()),
-    "MultiheadAttention": ("x=2x12x32", AttentionSpec()),
+    "RepeatInterleave": (
+        "q=2x4x12x16,k=2x2x12x16,v=2x2x12x16",
+        AttentionSpec(scale=0.25, gqa_group=2),
+    ),
+    "Einsum": (QKV, SCALED),
+    # nn.MultiheadAttention scales the queries by head_dim ** -0.5 (32 / 4 = 8 wide).
+    "MultiheadAttention": ("x=2x12x32", AttentionSpec(scale=8**-0.5)),
 }
 
 
@@ -189,7 +194,7 @@ def test_masks_are_explained_in_notes() -> None:
     (window,) = imported(model("SlidingWindow"), QKV).sites
     (bias,) = imported(model("PositionBias"), QKV).sites
 
-    assert window.spec.describe() == "scale=1/sqrt(E), causal, mask where m >= p - 2"
+    assert window.spec.describe() == "scale=0.25, causal, mask where m >= p - 2"
     assert any("large finite value" in note for note in window.notes)
     assert any("computed from positions stays a tensor" in note for note in bias.notes)
 
@@ -232,7 +237,8 @@ def test_transformers_llama_is_causal_grouped_query_attention() -> None:
     result = imported(f"{HF_MODELS}:llama", "ids=2x12:int100")
 
     (site,) = result.sites
-    assert site.spec == AttentionSpec(causal=True, gqa_group=2)
+    # LLaMA passes SDPA its scale, head_dim ** -0.5, explicitly.
+    assert site.spec == AttentionSpec(scale=0.25, causal=True, gqa_group=2)
     where = result.location(site)
     assert "transformers/models/llama/modeling_llama.py:" in where
     assert "(from " in where and "mlir_import_hf_models.py:" in where
@@ -246,7 +252,7 @@ def test_transformers_gpt2_eager_mask_is_proved_causal() -> None:
 
     (site,) = result.sites
     assert site.op.name == "torch.aten.softmax.int"
-    assert site.spec == CAUSAL
+    assert site.spec == SCALED_CAUSAL
     assert any("large finite value" in note for note in site.notes)
     assert check_site(result.exported, site).error < 1e-5
 
@@ -269,7 +275,7 @@ def test_cli_prints_each_site_as_text_ir_with_its_check(capsys: pytest.CaptureFi
     assert "1 attention site" in out
     line = line_of("weights = torch.softmax(scores + bias, dim=-1)")
     assert f"# site 1: examples/torch_models.py:{line}, in PaddedAttention" in out
-    assert "# scale=1/sqrt(E), additive mask tensor" in out
+    assert "# scale=0.25, additive mask tensor" in out
     assert "S[b,h,m,p] = QK[b,h,m,p] + BIAS[b,h,p,m]" in out
     assert ": ok" in out and "MISMATCH" not in out
     # The site's lines, headers and all, read back as the cascade.
@@ -281,7 +287,7 @@ def test_cli_prints_each_site_as_text_ir_with_its_check(capsys: pytest.CaptureFi
 def test_cli_check_mismatch_exits_1(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(mlir_import.TOLERANCE, "f32", -1.0)
+    monkeypatch.setitem(mlir_check.TOLERANCE, "f32", -1.0)
 
     status, out, _ = run(capsys, example("sdpa_attention"), "--shapes", "x=2x12x64", "--check")
 

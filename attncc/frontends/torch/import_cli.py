@@ -5,7 +5,7 @@ what it computes (`AttentionSpec.describe`) and its cascade as text IR; headers 
 comments, so each site's text reads back as a `.ein` file. Softmax calls that are not
 attention as attncc compiles it are listed with the reason. `--emit mlir` prints the module's
 MLIR (torch dialect, weights elided) first; `--check` runs every cascade with the reference
-interpreter on the tensors the module computed there and exits 1 on a mismatch.
+interpreter on the tensors the module computed there and exits 1 on a mismatch (`mlir_check`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and torch-mlir take seconds to import: only this command pays for them.
-    from attncc.frontends.torch.mlir_import import check_site, import_attention
+    from attncc.frontends.torch.mlir_check import check_site
+    from attncc.frontends.torch.mlir_import import import_attention
 
     result = import_attention(
         args.factory, args.shapes, dtype=args.dtype, seed=args.seed, decompose=args.decompose
@@ -90,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
                 f"# check: max |cascade - module| = {checked.error:.3g} "
                 f"(tolerance {checked.tolerance:.3g}): {verdict}"
             )
+            if checked.empty_rows:
+                print(
+                    f"# check: {checked.empty_rows} query rows see no key; the module gives "
+                    f"them {site.empty_row:g}"
+                )
             status |= 0 if checked.ok else 1
     if not result.sites and not result.unrecognized:
         print("# no softmax and no scaled_dot_product_attention in the module")

@@ -6,10 +6,10 @@ with PyTorch's own message at the user's line, exports it with torch.export, fun
 not decomposed (attention stays `aten.scaled_dot_product_attention`, or the matmul/softmax the
 model wrote; `decompose` applies torch-mlir's core-ATen decompositions instead), and imports it
 with `torch_mlir.fx.export_and_import`; torch.export's stack traces become MLIR locations.
-`import_attention` finds the sites (`mlir_patterns`); `check_site` runs a site's cascade with the
-reference interpreter on the tensors the module computed at that point (the exported program
-run node by node, each MLIR value traced back to the FX node it was imported from) and compares
-with the module's own output there.
+`import_attention` finds the sites (`mlir_patterns`). `Exported.data` gives the tensor the
+module computed for an MLIR value (the exported program run node by node, each MLIR value
+traced back to the FX node it was imported from), which `mlir_check` compares a site's cascade
+with.
 
 Every failure a user can cause (a missing file, a factory that raises, shapes forward cannot
 take, a model torch.export cannot trace) is an AttnccError naming the file and line.
@@ -18,6 +18,7 @@ take, a model torch.export cannot trace) is an AttnccError naming the file and l
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import logging
 import warnings
@@ -25,14 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch_mlir import fx, ir
 from torch_mlir.dialects import torch as torch_dialect
 from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 from torch_mlir.extras.fx_importer import FxImporter, GraphNodeImporter
 
-from attncc.backends.numpy.reference import interpret
 from attncc.errors import AttnccError
 from attncc.frontends.torch.import_inputs import (
     DTYPES,
@@ -44,22 +43,43 @@ from attncc.frontends.torch.import_inputs import (
     parse_input_shapes,
 )
 from attncc.frontends.torch.mlir_ops import source_location
-from attncc.frontends.torch.mlir_patterns import (
-    AttentionSite,
-    MaskKind,
-    Unrecognized,
-    find_attention,
-)
+from attncc.frontends.torch.mlir_patterns import AttentionSite, Unrecognized, find_attention
+
+TORCH_MLIR = "20261001"
+"""The torch-mlir build attncc import is written against (pyproject pins it)."""
+
+
+def _require(attribute: str, present: bool) -> None:
+    """A clear error, not an AttributeError deep in the import, when torch-mlir's internals
+    that `_Recorder` reads are not there."""
+    if not present:
+        try:
+            installed = importlib.metadata.version("torch-mlir")
+        except importlib.metadata.PackageNotFoundError:
+            installed = "unknown"
+        raise AttnccError(
+            f"torch-mlir {installed} has no GraphNodeImporter.{attribute}, which attncc import "
+            f"reads to tie MLIR values to their data; install torch-mlir=={TORCH_MLIR} "
+            "(pip install 'attncc[mlir]')"
+        )
 
 
 class _Recorder(GraphNodeImporter):
     """torch-mlir's node importer, remembering which FX node each MLIR value comes from and
-    which tensor each literal holds (what `check_site` needs to read a value's data). It reads
-    the importer's value map `_v` and wraps `_import_literal`: internals of the pinned
-    torch-mlir build, which tests/test_mlir_import.py exercises through every check."""
+    which tensor each literal holds (what `Exported.data` needs to read a value's data).
+
+    There is no public way to either: `resolve_node_value` builds the values it has not built
+    yet (parameters, lazily), and the public `FxImporterHooks.resolve_literal` runs before the
+    literal's value exists. So it reads the importer's value map `_v` and wraps
+    `_import_literal`, internals of torch-mlir. That is safe under the pin (pyproject requires
+    torch-mlir==20261001, the one build that imports with torch 2.13, and
+    tests/test_mlir_import.py exercises both through every check); another build that lacks
+    them is refused by `_require` with the version to install."""
 
     def __init__(self, *args: Any) -> None:
+        _require("_import_literal", callable(getattr(GraphNodeImporter, "_import_literal", None)))
         super().__init__(*args)
+        _require("_v", isinstance(getattr(self, "_v", None), dict))
         self.literals: dict[ir.Value, torch.Tensor] = {}
 
     def _import_literal(self, py_value: Any, info: Any = None) -> ir.Value:
@@ -145,28 +165,52 @@ def export(
     unless `decompose`: then torch-mlir's default decompositions (core ATen: bmm, _softmax,
     where) apply, except to scaled_dot_product_attention."""
     module = module.to(DTYPES[dtype]).eval()
-    with torch.no_grad():
-        try:
+    _run_eagerly(ref, module, inputs)
+    program = _torch_export(ref, module, inputs, decompose)
+    _keep_non_persistent_buffers(program)
+    mlir, nodes, literals = _import_program(ref, program)
+    return Exported(ref, mlir, program, nodes, literals, inputs, dtype)
+
+
+def _run_eagerly(ref: FactoryRef, module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    """One eager run first, so that shapes forward cannot take fail with PyTorch's own message
+    at the user's line, not inside torch.export."""
+    try:
+        with torch.no_grad():
             module(**inputs)
-        except Exception as error:
-            shown = ", ".join(f"{n}: {'x'.join(map(str, t.shape))}" for n, t in inputs.items())
-            raise AttnccError(
-                f"{ref}: forward({shown}) raised {located(error, ref.path)}; check --shapes"
-            ) from None
-        try:
-            with _quiet():
-                program = torch.export.export(module, tuple(inputs.values()))
-                program = program.run_decompositions(_decompositions() if decompose else {})
-        except Exception as error:
-            raise AttnccError(
-                f"{ref}: torch.export could not export the module: {located(error, ref.path)}"
-            ) from None
-    # torch-mlir's frozen import looks every buffer up in the state dict, where torch.export
-    # leaves out non-persistent ones (rotary inv_freq, BERT's position_ids): it keeps them
-    # among the constants.
+    except Exception as error:
+        shown = ", ".join(f"{n}: {'x'.join(map(str, t.shape))}" for n, t in inputs.items())
+        raise AttnccError(
+            f"{ref}: forward({shown}) raised {located(error, ref.path)}; check --shapes"
+        ) from None
+
+
+def _torch_export(
+    ref: FactoryRef, module: torch.nn.Module, inputs: dict[str, torch.Tensor], decompose: bool
+) -> torch.export.ExportedProgram:
+    try:
+        with torch.no_grad(), _quiet():
+            program = torch.export.export(module, tuple(inputs.values()))
+            return program.run_decompositions(_decompositions() if decompose else {})
+    except Exception as error:
+        raise AttnccError(
+            f"{ref}: torch.export could not export the module: {located(error, ref.path)}"
+        ) from None
+
+
+def _keep_non_persistent_buffers(program: torch.export.ExportedProgram) -> None:
+    """torch-mlir's frozen import looks every buffer up in the state dict, where torch.export
+    leaves out non-persistent ones (rotary inv_freq, BERT's position_ids): it keeps them
+    among the constants."""
     for buffer in program.graph_signature.inputs_to_buffers.values():
         if buffer not in program.state_dict and buffer in program.constants:
             program.state_dict[buffer] = program.constants[buffer]
+
+
+def _import_program(
+    ref: FactoryRef, program: torch.export.ExportedProgram
+) -> tuple[ir.Module, dict[ir.Value, torch.fx.Node], dict[ir.Value, torch.Tensor]]:
+    """The program in MLIR, with the FX node of each value and the tensor of each literal."""
     context = ir.Context()
     torch_dialect.register_dialect(context)
     made: list[_Recorder] = []
@@ -180,6 +224,8 @@ def export(
     try:
         with _quiet():
             fx.export_and_import(program, fx_importer=importer, decomposition_table={})
+    except AttnccError:
+        raise
     except Exception as error:
         raise AttnccError(
             f"{ref}: torch-mlir could not import the exported program: {error}"
@@ -189,7 +235,7 @@ def export(
     for recorder in made:
         nodes |= recorder.nodes()
         literals |= recorder.literals
-    return Exported(ref, importer.module, program, nodes, literals, inputs, dtype)
+    return importer.module, nodes, literals
 
 
 def _decompositions() -> dict:
@@ -234,64 +280,3 @@ def import_attention(
     exported = export(ref, module, inputs, dtype, decompose=decompose)
     sites, unrecognized = find_attention(exported.module)
     return ImportResult(exported, sites, unrecognized)
-
-
-@dataclass(frozen=True)
-class SiteCheck:
-    """max |cascade - module| at a site, and the largest error accepted there."""
-
-    error: float
-    tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        return self.error <= self.tolerance
-
-
-TOLERANCE = {"f32": 1e-4, "f64": 1e-10}
-"""Largest accepted |cascade - module| relative to max(1, max |module|), per dtype."""
-
-
-def check_site(exported: Exported, site: AttentionSite) -> SiteCheck:
-    """The site's cascade run by the reference interpreter (float64) on the tensors the module
-    computed at that point, against the module's own attention output."""
-    d = site.dims
-
-    def f64(value: ir.Value) -> torch.Tensor:
-        return exported.data(value).detach().to(torch.float64)
-
-    q = f64(site.query).reshape(d.batch, d.heads, d.queries, d.head_dim)
-    k = f64(site.key)
-    k = k.reshape(d.batch, d.kv_heads, *k.shape[-2:])
-    v = f64(site.value).reshape(d.batch, d.kv_heads, d.keys, d.value_dim)
-    inputs = {
-        "Q": q.transpose(-1, -2),
-        "K": k if site.key_transposed else k.transpose(-1, -2),
-        "V": v.transpose(-1, -2),
-    }
-    if site.masks:
-        bias = torch.zeros(d.batch, d.heads, d.queries, d.keys, dtype=torch.float64)
-        for term in site.masks:
-            mask = exported.data(term.value)
-            if term.kind is MaskKind.ADDITIVE:
-                added = mask.to(torch.float64) * term.scale
-            else:
-                hidden = ~mask.bool() if term.kind is MaskKind.VISIBLE else mask.bool()
-                added = torch.zeros(hidden.shape, dtype=torch.float64).masked_fill(hidden, -np.inf)
-            bias += added.broadcast_to(term.scores_shape).reshape(bias.shape)
-        inputs["BIAS"] = bias
-    arrays = {name: t.contiguous().numpy() for name, t in inputs.items()}
-    result = interpret(site.cascade(), arrays)["AV"]
-    got = np.swapaxes(result, -1, -2)
-    want = f64(site.output).reshape(d.batch, d.heads, d.queries, d.value_dim).numpy()
-    finite = np.abs(want[np.isfinite(want)])
-    scale = max(1.0, float(finite.max())) if finite.size else 1.0
-    return SiteCheck(_difference(got, want), TOLERANCE[exported.dtype] * scale)
-
-
-def _difference(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got - want| over finite points; infinite when they are not finite at the same places."""
-    finite = np.isfinite(want)
-    if not np.array_equal(finite, np.isfinite(got)):
-        return float("inf")
-    return float(np.abs(got[finite] - want[finite]).max()) if finite.any() else 0.0

@@ -9,9 +9,11 @@ with -inf) and layout no-ops to a product of queries and keys (matmul or bmm wit
 keys, or an einsum), and forward through dropout in eval mode to the product of the weights
 with the values. In both, keys and values repeated per query head (LLaMA's repeat_kv,
 repeat_interleave; `mlir_layout`) are read as grouped-query attention, and a mask computed from
-positions becomes a predicate (`position_masks`); any other mask stays a tensor input of the
-cascade. A softmax that does not fit is reported with the
-reason. Shapes are static (torch.export specializes them), so every check here is exact.
+positions becomes a predicate (`mlir_masks`); any other mask stays a tensor input of the
+cascade. A softmax that does not fit is reported with the reason. Scales are kept as the model
+writes them: `/ math.sqrt(16)` is 0.25, as the FX frontend reads it, and None (1/sqrt(E)) only
+where SDPA is given no scale. Shapes are static (torch.export specializes them), so every
+check here is exact.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from attncc.frontends.torch.mlir_layout import (
     site_dims,
     swaps_last_two,
 )
+from attncc.frontends.torch.mlir_masks import MaskTerm, read_masks
 from attncc.frontends.torch.mlir_ops import (
     NotConstant,
     constant,
@@ -43,21 +46,13 @@ from attncc.frontends.torch.mlir_ops import (
     producer,
     shape,
 )
-from attncc.frontends.torch.mlir_symbolic import scalar_constant, symbolic
-from attncc.frontends.torch.position_masks import (
-    HIDING_FILL,
-    MaskKind,
-    MaskPredicate,
-    Symbolic,
-    fold,
-    mask_predicate,
-)
-from attncc.frontends.torch.spec import AttentionSpec, MaskTensor, attention_cascade
-from attncc.ir import Call, Cascade, Const, Coord, Expr
+from attncc.frontends.torch.mlir_symbolic import scalar_constant
+from attncc.frontends.torch.position_masks import HIDING_FILL, MaskKind
+from attncc.frontends.torch.spec import AttentionSpec, attention_cascade
+from attncc.ir import Cascade
 
 SDPA = "torch.aten.scaled_dot_product_attention"
 SOFTMAX = ("torch.aten.softmax.int", "torch.aten._softmax")
-CAUSAL = Call("le", (Coord("m"), Coord("p")))
 
 _SCALES = {
     "torch.aten.mul.Scalar",
@@ -65,19 +60,6 @@ _SCALES = {
     "torch.aten.mul.Tensor",
     "torch.aten.div.Tensor",
 }
-
-
-@dataclass(frozen=True)
-class MaskTerm:
-    """A mask that stays a tensor: `value` acts on scores of shape `scores_shape` as `kind`
-    says; an additive mask is multiplied by `scale` (the scale applied after it was added)."""
-
-    value: ir.Value
-    kind: MaskKind
-    scale: float
-    scores_shape: tuple[int, ...]
-    finite_fill: bool = False
-    """A boolean mask applied with a large finite value (-1e9) in place of -inf."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +85,13 @@ class AttentionSite:
         return attention_cascade(
             self.spec, head_dim=self.dims.head_dim, value_dim=self.dims.value_dim
         )
+
+    @property
+    def empty_row(self) -> float:
+        """What the module gives a query row that sees no key (every score -inf): SDPA gives
+        0 (torch 2.13), a softmax written out 0/0 = NaN. (The spec will say it once
+        AttentionSpec carries it.)"""
+        return 0.0 if self.op.name == SDPA else math.nan
 
 
 @dataclass(frozen=True)
@@ -153,7 +142,7 @@ def _sdpa(op: ir.Operation, position: int) -> AttentionSite:
     terms = []
     if shape(mask) is not None:
         kind = MaskKind.ADDITIVE if is_float_tensor(mask) else MaskKind.VISIBLE
-        terms.append(MaskTerm(mask, kind, 1.0, (*shape_of(q)[:-1], dims.keys)))
+        terms.append(MaskTerm(mask, kind, (*shape_of(q)[:-1], dims.keys)))
     scale_float = None if scale_value is None else float(scale_value)
     tensors = (q, key, value, op.result)
     return _site(op, position, dims, tensors, False, scale_float, bool(is_causal), terms)
@@ -244,18 +233,16 @@ def _scores(x: ir.Value, chain: _Chain) -> tuple[ir.Value, ir.Value, bool]:
             return multiplied
         factor = _scale_factor(op)
         if factor is not None:
-            chain.scale *= factor[0]
-            x = factor[1]
+            chain.scale = factor.applied(chain.scale)
+            x = factor.tensor
             continue
         if name == "torch.aten.add.Tensor" and constant_or(op.operands[2], None) == 1:
             return _added_mask(op, chain)
-        masked = _masking(op)
+        masked = _masking(op, chain.scale)
         if masked is None:
             break
-        if chain.scale <= 0:
-            raise NoMatch("a mask hides keys with -inf before a negative scale")
-        mask, kind, x, fill = masked
-        chain.masks.append(MaskTerm(mask, kind, 1.0, shape_of(x), math.isfinite(fill)))
+        term, x = masked
+        chain.masks.append(term)
     raise NoMatch(
         f"the softmax's input comes from {name}, not from a scaled and masked product of "
         "queries and keys (matmul, bmm or einsum)"
@@ -275,33 +262,51 @@ def _added_mask(op: ir.Operation, chain: _Chain) -> tuple[ir.Value, ir.Value, bo
             reasons.append(str(reason))
             continue
         # The scale applied after the addition scales the mask too.
-        term = MaskTerm(mask, MaskKind.ADDITIVE, chain.scale, shape_of(op.result))
+        term = MaskTerm(mask, MaskKind.ADDITIVE, shape_of(op.result), scale=chain.scale)
         chain.scale = inner.scale
         chain.masks += [term, *inner.masks]
         return found
     raise NoMatch(reasons[0])
 
 
-def _masking(op: ir.Operation) -> tuple[ir.Value, MaskKind, ir.Value, float] | None:
-    """(mask, kind, scores, fill) for masked_fill(scores, mask, -inf) and
-    where(mask, scores, -inf); a fill of at most HIDING_FILL also hides a key."""
+_MASKED_FILL = ("torch.aten.masked_fill.Scalar", "torch.aten.masked_fill.Tensor")
+_HIDES = (
+    f"only -inf (or a constant at most {HIDING_FILL:g}, after the scales that follow) hides a key"
+)
+
+
+def _masking(op: ir.Operation, scale: float) -> tuple[MaskTerm, ir.Value] | None:
+    """(mask, scores) for masked_fill(scores, mask, fill) and where(mask, scores, fill), where
+    the fill, times the `scale` that the scores get after it, hides a key (-inf, or at most
+    HIDING_FILL); None for other operations."""
     args = list(op.operands)
-    if op.name in ("torch.aten.masked_fill.Scalar", "torch.aten.masked_fill.Tensor"):
+    where = op.name.startswith("torch.aten.where.")
+    if op.name not in _MASKED_FILL and not where:
+        return None
+    if scale <= 0:
+        # Scores scaled by a negative number after the mask: its hidden keys would win.
+        raise NoMatch(f"a mask hides keys before a negative scale ({scale:g})")
+    scores = shape_of(op.result)
+    if not where:
         fill = _number_or_scalar(args[2])
-        if fill is None or fill > HIDING_FILL:
-            raise NoMatch(
-                f"masked_fill fills scores with {fill if fill is not None else 'a tensor'}: only "
-                f"-inf (or a constant at most {HIDING_FILL:g}) hides a key"
-            )
-        return args[1], MaskKind.HIDDEN, args[0], fill
-    if op.name.startswith("torch.aten.where."):
-        yes, no = _number_or_scalar(args[1]), _number_or_scalar(args[2])
-        if no is not None and no <= HIDING_FILL:
-            return args[0], MaskKind.VISIBLE, args[1], no
-        if yes is not None and yes <= HIDING_FILL:
-            return args[0], MaskKind.HIDDEN, args[2], yes
-        raise NoMatch("a where() before the softmax replaces scores with something other than -inf")
-    return None
+        if fill is None or fill * scale > HIDING_FILL:
+            raise NoMatch(f"masked_fill fills scores with {_fill_text(fill, scale)}: {_HIDES}")
+        return MaskTerm(args[1], MaskKind.HIDDEN, scores, scale, fill), args[0]
+    yes, no = _number_or_scalar(args[1]), _number_or_scalar(args[2])
+    if no is not None and no * scale <= HIDING_FILL:
+        return MaskTerm(args[0], MaskKind.VISIBLE, scores, scale, no), args[1]
+    if yes is not None and yes * scale <= HIDING_FILL:
+        return MaskTerm(args[0], MaskKind.HIDDEN, scores, scale, yes), args[2]
+    shown = " or ".join(_fill_text(f, scale) for f in (yes, no) if f is not None) or "a tensor"
+    raise NoMatch(f"a where() before the softmax replaces scores with {shown}: {_HIDES}")
+
+
+def _fill_text(fill: float | None, scale: float) -> str:
+    if fill is None:
+        return "a tensor"
+    if scale == 1.0:
+        return f"{fill:g}"
+    return f"{fill:g} (times the scale {scale:g} that follows: {fill * scale:g})"
 
 
 def _number_or_scalar(value: ir.Value) -> float | None:
@@ -313,8 +318,21 @@ def _number_or_scalar(value: ir.Value) -> float | None:
     )
 
 
-def _scale_factor(op: ir.Operation) -> tuple[float, ir.Value] | None:
-    """(factor, scaled tensor) for multiplication or division by a constant."""
+@dataclass(frozen=True)
+class _Factor:
+    """Multiplication (or division) of `tensor` by the constant `value`."""
+
+    value: float
+    divide: bool
+    tensor: ir.Value
+
+    def applied(self, scale: float) -> float:
+        # Divided, not multiplied by 1/value: the FX frontend reads the same number.
+        return scale / self.value if self.divide else scale * self.value
+
+
+def _scale_factor(op: ir.Operation) -> _Factor | None:
+    """Multiplication or division of a tensor by a constant."""
     if op.name not in _SCALES:
         return None
     a, b = op.operands[0], op.operands[1]
@@ -324,7 +342,7 @@ def _scale_factor(op: ir.Operation) -> tuple[float, ir.Value] | None:
             continue
         c = _number_or_scalar(other)
         if c is not None and c != 0 and math.isfinite(c):
-            return (1.0 / c if divide else c), tensor
+            return _Factor(c, divide, tensor)
     return None
 
 
@@ -338,8 +356,8 @@ def _unscaled(x: ir.Value, *, views: bool = True) -> tuple[ir.Value, float]:
         factor = _scale_factor(op) if op is not None else None
         if factor is None:
             break
-        total *= factor[0]
-        x = factor[1]
+        total = factor.applied(total)
+        x = factor.tensor
     return x, total
 
 
@@ -356,65 +374,18 @@ def _site(
     causal: bool,
     terms: list[MaskTerm],
 ) -> AttentionSite:
-    """The site of queries, keys, values and output `tensors`, with its spec: `scale` None
-    when it is 1/sqrt(E), predicates for the masks computed from positions, the rest as
-    tensors."""
-    if scale is not None and math.isclose(scale, 1 / math.sqrt(dims.head_dim), rel_tol=1e-12):
-        scale = None
-    predicates: list[Expr] = [CAUSAL] if causal else []
-    masked: list[MaskTerm] = []
-    notes: list[str] = []
-    finite = any(term.finite_fill for term in terms)
-    for term in terms:
-        found = _predicate(term)
-        if isinstance(found, MaskPredicate):
-            if found.predicate is not None:
-                predicates.extend(_conjuncts(found.predicate))
-            finite |= found.finite_fill
-            continue
-        if found is not None:
-            notes.append(f"a mask computed from positions stays a tensor: {found}")
-        masked.append(term)
-    if finite:
-        notes.append(
-            "a mask hides keys with a large finite value where the cascade uses -inf: the "
-            "same result unless a query sees no key at all"
-        )
-    # A causal conjunct is said as `causal`; the rest, in order, is the predicate.
-    rest = [p for i, p in enumerate(predicates) if p != CAUSAL and p not in predicates[:i]]
-    predicate = None
-    for p in rest:
-        predicate = p if predicate is None else Call("and", (predicate, p))
-    kind = MaskTensor.NONE
-    if masked:
-        boolean = all(t.kind is not MaskKind.ADDITIVE for t in masked)
-        kind = MaskTensor.BOOLEAN if boolean else MaskTensor.ADDITIVE
-    group = dims.heads // dims.kv_heads if dims.kv_heads != dims.heads else None
+    """The site of queries, keys, values and output `tensors`, with its spec: `scale` as the
+    model gives it (None only where the model uses SDPA's default), predicates for the masks
+    computed from positions (`read_masks`), the rest as tensors."""
+    masks = read_masks(terms, causal=causal, queries=dims.queries, keys=dims.keys)
     spec = AttentionSpec(
         scale=scale,
-        causal=CAUSAL in predicates,
-        predicate=predicate,
-        mask_tensor=kind,
-        gqa_group=group,
+        causal=masks.causal,
+        predicate=masks.predicate,
+        mask_tensor=masks.mask_tensor,
+        gqa_group=dims.heads // dims.kv_heads if dims.kv_heads != dims.heads else None,
     )
     q, key, value, output = tensors
     return AttentionSite(
-        op, position, spec, dims, q, key, key_transposed, value, output, tuple(masked), tuple(notes)
+        op, position, spec, dims, q, key, key_transposed, value, output, masks.tensors, masks.notes
     )
-
-
-def _conjuncts(predicate: Expr) -> list[Expr]:
-    if isinstance(predicate, Call) and predicate.op == "and":
-        return [c for arg in predicate.args for c in _conjuncts(arg)]
-    return [predicate]
-
-
-def _predicate(term: MaskTerm) -> MaskPredicate | str | None:
-    """The predicate a mask computes from positions; a reason when it is computed from
-    positions but is not a predicate; None when it depends on data."""
-    sym = symbolic(term.value)
-    if sym is None:
-        return None
-    if term.kind is MaskKind.ADDITIVE and term.scale != 1.0:
-        sym = Symbolic(sym.shape, fold(Call("mul", (sym.expr, Const(term.scale)))))
-    return mask_predicate(sym, term.scores_shape, term.kind)
