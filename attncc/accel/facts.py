@@ -125,25 +125,9 @@ def cascade_facts(
     else:
         passes = count_passes(cascade, roles.key)
     cost = {c.einsum: c for c in cascade_cost(cascade).einsums}
-    adjusted = {e.tensor: _hardware_ops(cascade, e) for e in cascade.einsums}
-    einsums = []
-    for einsum in cascade.einsums:
-        counts = dict(cost[einsum.tensor].ops)
-        for kind, change in adjusted[einsum.tensor].items():
-            counts[kind] = counts.get(kind, sympy.Integer(0)) + change
-        ops = [
-            (kind, Formula(sympy.expand(count)))
-            for kind, count in sorted(counts.items())
-            if sympy.expand(count) != 0
-        ]
-        reads = tuple(dict.fromkeys(a.tensor for a in einsum.read_accesses()))
-        sparse = tuple(
-            density_symbol(s).name
-            for s in cascade.sparse
-            if {s.key_tile_index, s.query_index} <= einsum.space
-        )
-        number = passes.placement(einsum.tensor).pass_number
-        einsums.append(EinsumFacts(einsum.tensor, einsum.space, tuple(ops), reads, number, sparse))
+    einsums = tuple(
+        _einsum_facts(cascade, e, dict(cost[e.tensor].ops), passes) for e in cascade.einsums
+    )
     names = [d.name for d in cascade.inputs + cascade.outputs] + [e.tensor for e in cascade.einsums]
     tensors, indices = [], []
     for name in dict.fromkeys(names):
@@ -156,12 +140,33 @@ def cascade_facts(
     return CascadeFacts(
         cascade,
         roles,
-        tuple(einsums),
+        einsums,
         _live(cascade, roles, passes),
         tuple(tensors),
         tuple(_views(cascade)),
         tuple(indices),
     )
+
+
+def _einsum_facts(
+    cascade: Cascade, einsum: Einsum, counts: dict[str, sympy.Expr], passes: RankPasses
+) -> EinsumFacts:
+    """The cost analysis's `counts` as the hardware runs them, and what the model needs."""
+    for kind, change in _hardware_ops(cascade, einsum).items():
+        counts[kind] = counts.get(kind, sympy.Integer(0)) + change
+    ops = tuple(
+        (kind, Formula(sympy.expand(count)))
+        for kind, count in sorted(counts.items())
+        if sympy.expand(count) != 0
+    )
+    reads = tuple(dict.fromkeys(a.tensor for a in einsum.read_accesses()))
+    sparse = tuple(
+        density_symbol(s).name
+        for s in cascade.sparse
+        if {s.key_tile_index, s.query_index} <= einsum.space
+    )
+    number = passes.placement(einsum.tensor).pass_number
+    return EinsumFacts(einsum.tensor, einsum.space, ops, reads, number, sparse)
 
 
 def infer_roles(cascade: Cascade, key: str | None = None, query: str | None = None) -> Roles:

@@ -9,8 +9,12 @@ arrays overlap (`pipelined`, the busiest sets the pace) or take turns (`serializ
 time is DRAM words over the bandwidth, buffer time the buffer's words over its width; the phase
 takes the longest of compute, DRAM and buffer time (transfers overlap compute by double
 buffering). Phases run one after another. Utilization of an array is the PE-cycles its
-operations need over the PE-cycles of the whole run. Nothing here is specific to a design: a
-different cascade changes the counts, the passes and the footprint, and so the result.
+operations need over the PE-cycles of the whole run. The model runs one instance (the free
+ranks that batch and heads are made of at 1) and multiplies by the number of instances.
+Nothing here is specific to a design: every rule a design chooses is a field of its spec or
+its mapping (register accesses per cycle, how P1 is chosen, the key tiles the buffer
+reserves), and a different cascade changes the counts, the passes and the footprint, and so
+the result.
 """
 
 from __future__ import annotations

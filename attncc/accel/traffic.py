@@ -42,8 +42,8 @@ from attncc.analysis import LiveKind
 class Residency:
     """`rows` query rows on the arrays (P0) times `query_tiles` (P1) resident in the buffer,
     `chunks` such groups over the query rank; per row, `row_words` held of which
-    `fiber_words` may spill; `tile_words` for one key tile of inputs; `spilled` the share of
-    the fibers that does not fit."""
+    `fiber_words` may spill; `tile_words` for the key tiles of inputs the buffer reserves;
+    `spilled` the share of the fibers that does not fit."""
 
     rows: int
     query_tiles: int
