@@ -28,6 +28,7 @@ from torch import fx
 from attncc.analysis import count_passes
 from attncc.backends.execute import lower_for_tiles
 from attncc.backends.schedule import schedule
+from attncc.backends.tile_program import tile_program
 from attncc.errors import AttnccError
 from attncc.frontends.torch.ops import Target, register_site
 from attncc.frontends.torch.recognize import Rejected, Site, find_sites
@@ -163,7 +164,7 @@ def _compile_site(graph: fx.Graph, site: Site, options: BackendOptions) -> SiteR
         compiled = cascade
         if options.target is not Target.REFERENCE:
             compiled = lower_for_tiles(cascade)
-            schedule(compiled)
+            tile_program(schedule(compiled))
     except AttnccError as error:
         return SiteReport(site.where, compiled=False, reason=str(error), spec=site.spec.describe())
     report = SiteReport(
