@@ -83,6 +83,13 @@ class PositionBias(nn.Module):
         return scores.softmax(-1) @ v
 
 
+class SdpaLiteralScale(nn.Module):
+    """SDPA given 1/sqrt(E) as a number: the spec keeps the number, as the FX frontend does."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5)
+
+
 class BooleanMask(nn.Module):
     """SDPA with a boolean mask computed from data."""
 
@@ -139,6 +146,102 @@ class SdpaWithDropout(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+
+
+class WrittenOutDropout(nn.Module):
+    """Not compiled: F.dropout with training=True stays on in eval mode (native_dropout)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+        return F.dropout(weights, 0.1, training=True) @ v
+
+
+def _positions(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key positions [1, M] and query positions [P, 1]."""
+    i = torch.arange(q.shape[-2])
+    return i[None, :], i[:, None]
+
+
+class MaskedScores(nn.Module):
+    """scores.masked_fill(hide, fill) * after, then the softmax: `hide` is computed from
+    positions by `hidden`; the factories below pick the mask, the fill and the scale."""
+
+    def __init__(self, hidden: str, fill: float, after: float = 1.0, sdpa: bool = False) -> None:
+        super().__init__()
+        self.hidden, self.fill, self.after, self.sdpa = hidden, fill, after, sdpa
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        key, query = _positions(q)
+        hide = {
+            "future": key > query,
+            "not_before": key >= query,  # row 0 sees no key
+            "everything": key >= 0,
+            "by_batch": key > query + torch.arange(q.shape[0])[:, None, None, None],
+            "five_ways": (key > query)
+            & (key != query + 2)
+            & (key != query + 4)
+            & (key != query + 6)
+            & (key != query + 8),
+        }[self.hidden]
+        if self.sdpa:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=~hide)
+        scores = (q @ k.transpose(-1, -2)).masked_fill(hide, self.fill) * self.after
+        return scores.softmax(-1) @ v
+
+
+def finite_causal() -> nn.Module:
+    return MaskedScores("future", -1e9)
+
+
+def finite_rows_hidden() -> nn.Module:
+    return MaskedScores("not_before", -1e9)
+
+
+def inf_rows_hidden() -> nn.Module:
+    return MaskedScores("not_before", float("-inf"))
+
+
+def sdpa_rows_hidden() -> nn.Module:
+    return MaskedScores("not_before", float("-inf"), sdpa=True)
+
+
+def hides_every_key() -> nn.Module:
+    return MaskedScores("everything", float("-inf"))
+
+
+def mask_by_batch() -> nn.Module:
+    return MaskedScores("by_batch", float("-inf"))
+
+
+def five_comparisons() -> nn.Module:
+    return MaskedScores("five_ways", float("-inf"))
+
+
+def fill_then_scale() -> nn.Module:
+    """-1e9, then scaled by 0.25: still hides (-2.5e8)."""
+    return MaskedScores("future", -1e9, after=0.25)
+
+
+def fill_scaled_away() -> nn.Module:
+    """-1e4, then scaled by 1e-4: a fill of -1 at the softmax, which hides nothing."""
+    return MaskedScores("future", -1e4, after=1e-4)
+
+
+def fill_before_negative_scale() -> nn.Module:
+    return MaskedScores("future", float("-inf"), after=-1.0)
+
+
+def fill_with_zero() -> nn.Module:
+    return MaskedScores("future", 0.0)
+
+
+class WhereZero(nn.Module):
+    """Not a mask: where() puts 0, not -inf, in place of future scores."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        key, query = _positions(q)
+        scores = torch.where(key <= query, q @ k.transpose(-1, -2), 0.0)
+        return scores.softmax(-1) @ v
 
 
 class NoAttention(nn.Module):

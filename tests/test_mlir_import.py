@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from torch_mlir import ir
+from torch_mlir.dialects import torch as torch_dialect
+from torch_mlir.extras.fx_importer import GraphNodeImporter
 
 from attncc.cli import main
 from attncc.errors import AttnccError
 from attncc.frontends.torch import mlir_check
-from attncc.frontends.torch.import_inputs import InputSpec, parse_input_shapes
+from attncc.frontends.torch.import_inputs import (
+    FactoryRef,
+    InputSpec,
+    load_factory,
+    module_name,
+    parse_input_shapes,
+)
 from attncc.frontends.torch.mlir_check import check_site
 from attncc.frontends.torch.mlir_import import ImportResult, import_attention
+from attncc.frontends.torch.mlir_patterns import find_attention
 from attncc.frontends.torch.spec import AttentionSpec, MaskTensor
 from attncc.ir import Call, Const, Coord, format_expr, parse, print_cascade
 
@@ -219,6 +230,15 @@ UNRECOGNIZED = {
     "SoftmaxOverQueries": (QKV, "not over the last (key) dimension"),
     "WeightsOnly": ("q=2x4x12x16,k=2x4x12x16", "weights are not multiplied with a value tensor"),
     "SdpaWithDropout": (QKV, "dropout_p=0.5: attncc compiles attention without dropout"),
+    "WrittenOutDropout": (QKV, "dropout is on after the softmax (training mode)"),
+    "fill_with_zero": (QKV, "masked_fill fills scores with 0: only -inf (or a constant at most"),
+    "WhereZero": (QKV, "a where() before the softmax replaces scores with 0: only -inf"),
+    "fill_before_negative_scale": (QKV, "a mask hides keys before a negative scale (-1)"),
+    # -1e4 hides a key, but the scale 1e-4 after it makes the fill -1 at the softmax.
+    "fill_scaled_away": (
+        QKV,
+        "masked_fill fills scores with -10000 (times the scale 0.0001 that follows: -1)",
+    ),
 }
 
 
@@ -387,3 +407,208 @@ def test_scale_is_read_as_a_number_not_rounded() -> None:
 
     assert site.spec.scale is not None
     assert math.isclose(site.spec.scale, 0.3 * 2.0, rel_tol=1e-12)
+
+
+# -- Masks that hide whole rows, finite fills, and masks that stay tensors. ----------------------
+
+
+def test_finite_fill_is_a_predicate_when_every_row_sees_a_key() -> None:
+    """masked_fill(future, -1e9): causal, and no query row is left without a key."""
+    result = imported(model("finite_causal"), QKV)
+
+    (site,) = result.sites
+    assert site.spec == AttentionSpec(scale=1.0, causal=True)
+    assert any("as every query row sees a key" in note for note in site.notes)
+    assert check_site(result.exported, site).ok
+
+
+def test_finite_fill_hiding_whole_rows_stays_a_tensor() -> None:
+    """masked_fill(m >= p, -1e9) hides every key of row 0: the module averages there, where a
+    predicate (-inf) would leave no key, so the mask stays BIAS, its fill included."""
+    result = imported(model("finite_rows_hidden"), QKV)
+
+    (site,) = result.sites
+    assert site.spec == AttentionSpec(scale=1.0, mask_tensor=MaskTensor.ADDITIVE)
+    assert any("hides every key of some query row" in note for note in site.notes)
+    (term,) = site.masks
+    assert term.hiding == -1e9
+    assert result.exported.data(site.output)[:, :, 0].isfinite().all()
+    checked = check_site(result.exported, site)
+    assert checked.ok and checked.empty_rows == 0
+
+
+def test_finite_fill_on_hidden_rows_in_float64_is_reported() -> None:
+    """In float64, s - 1e9 keeps the scores' differences: the cascade's added fill is not
+    masked_fill's equal weights on row 0, and the check says so rather than passing."""
+    result = imported(model("finite_rows_hidden"), QKV, "f64")
+
+    (site,) = result.sites
+    assert not check_site(result.exported, site).ok
+
+
+@pytest.mark.parametrize(
+    ("name", "empty_row"), [("inf_rows_hidden", math.nan), ("sdpa_rows_hidden", 0.0)]
+)
+def test_rows_without_keys_compare_as_the_module_gives_them(name: str, empty_row: float) -> None:
+    """m <= p - 1 with -inf leaves row 0 of each of the 2 x 4 heads without a key: SDPA gives
+    0 there, a softmax written out NaN; the cascade's 0/0 is read as that."""
+    result = imported(model(name), QKV)
+
+    (site,) = result.sites
+    assert site.spec.predicate is not None
+    assert format_expr(site.spec.predicate) == "m <= p - 1"
+    assert site.empty_row == pytest.approx(empty_row, nan_ok=True)
+    checked = check_site(result.exported, site)
+    assert checked.ok and checked.empty_rows == 8
+
+
+def test_check_holds_the_module_to_its_empty_row_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A written-out softmax gives NaN on rows without a key: read as 0, they mismatch."""
+    result = imported(model("inf_rows_hidden"), QKV)
+    (site,) = result.sites
+    monkeypatch.setattr(type(site), "empty_row", property(lambda _: 0.0))
+
+    assert check_site(result.exported, site).error == math.inf
+
+
+def test_cli_reports_rows_without_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, model("sdpa_rows_hidden"), "--shapes", QKV, "--check")
+
+    assert status == 0
+    assert "# check: 8 query rows see no key; the module gives them 0" in out
+
+
+MASK_NOTES = {
+    # module: (mask tensor kind, note, query rows without a key)
+    "mask_by_batch": (MaskTensor.BOOLEAN, "the mask varies over batch or heads", 0),
+    "five_comparisons": (
+        MaskTensor.BOOLEAN,
+        "the mask compares positions 5 ways (at most 4 are read)",
+        0,
+    ),
+    "hides_every_key": (MaskTensor.BOOLEAN, "the mask hides every key", 2 * 4 * 12),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MASK_NOTES))
+def test_masks_from_positions_that_stay_tensors_say_why(name: str) -> None:
+    kind, note, empty = MASK_NOTES[name]
+    result = imported(model(name), QKV)
+
+    (site,) = result.sites
+    assert site.spec == AttentionSpec(scale=1.0, mask_tensor=kind)
+    assert any(
+        n.startswith(f"a mask computed from positions stays a tensor: {note}") for n in site.notes
+    )
+    checked = check_site(result.exported, site)
+    assert checked.ok and checked.empty_rows == empty
+
+
+def test_fill_is_judged_after_the_scale_that_follows_it() -> None:
+    """masked_fill(future, -1e9) * 0.25 still hides (-2.5e8): causal, with scale 0.25."""
+    (site,) = imported(model("fill_then_scale"), QKV).sites
+
+    assert site.spec == AttentionSpec(scale=0.25, causal=True)
+    (skipped,) = imported(model("fill_scaled_away"), QKV).unrecognized
+    assert "-1)" in skipped.reason
+
+
+def test_explicit_scale_equal_to_the_default_is_kept() -> None:
+    (literal,) = imported(model("SdpaLiteralScale"), QKV).sites
+    (default,) = imported(example("sdpa_attention"), "x=2x12x64").sites
+
+    assert literal.spec.scale == 0.25
+    assert default.spec.scale is None
+
+
+def test_sdpa_with_a_scale_computed_at_run_time_is_not_compiled() -> None:
+    """torch.export cannot trace a data-dependent scale, so the module is written in MLIR."""
+    t = "!torch.vtensor<[1,1,12,16],f32>"
+    text = f"""
+    func.func @main(%q: {t}, %k: {t}, %v: {t}, %scale: !torch.float) -> {t} {{
+      %none = torch.constant.none
+      %zero = torch.constant.float 0.000000e+00
+      %false = torch.constant.bool false
+      %0 = torch.aten.scaled_dot_product_attention %q, %k, %v, %none, %zero, %false, %scale,
+          %false : {t}, {t}, {t}, !torch.none, !torch.float, !torch.bool, !torch.float,
+          !torch.bool -> {t}
+      return %0 : {t}
+    }}"""
+    context = ir.Context()
+    torch_dialect.register_dialect(context)
+    module = ir.Module.parse(text, context)
+
+    sites, (skipped,) = find_attention(module)
+    assert not sites
+    assert skipped.reason == "dropout_p, is_causal, scale and enable_gqa must be constants"
+
+
+# -- torch-mlir internals, and loading model files. --------------------------------------------
+
+
+def test_missing_torch_mlir_internals_name_the_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(GraphNodeImporter, "_import_literal")
+
+    with pytest.raises(AttnccError, match=r"has no GraphNodeImporter\._import_literal.*==20261001"):
+        import_attention(example("sdpa_attention"), "x=2x12x64")
+
+
+def test_missing_value_map_names_the_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    init = GraphNodeImporter.__init__
+
+    def without_value_map(self: GraphNodeImporter, *args: object) -> None:
+        init(self, *args)
+        del self._v
+
+    monkeypatch.setattr(GraphNodeImporter, "__init__", without_value_map)
+
+    with pytest.raises(AttnccError, match=r"torch-mlir \S+ has no GraphNodeImporter\._v"):
+        import_attention(example("sdpa_attention"), "x=2x12x64")
+
+
+MODEL_FILE = """
+import sys
+from torch import nn
+
+sys.path.insert(0, {marker!r})
+
+
+class Model(nn.Module):
+    width = {width}
+"""
+
+
+def test_model_files_with_one_stem_stay_apart(tmp_path: Path) -> None:
+    """Two model.py files load as two modules; sys.path loses only the importer's entry,
+    though each file puts its own entry first."""
+    marker = str(tmp_path / "put-there-by-the-model")
+    paths = []
+    for width in (1, 2):
+        folder = tmp_path / f"run{width}"
+        folder.mkdir()
+        (folder / "model.py").write_text(MODEL_FILE.format(marker=marker, width=width))
+        paths.append(folder / "model.py")
+    try:
+        first, second = (load_factory(FactoryRef(p, "Model")) for p in paths)
+
+        assert (type(first).width, type(second).width) == (1, 2)
+        names = {type(first).__module__, type(second).__module__}
+        assert names == {module_name(p) for p in paths} and len(names) == 2
+        assert all(sys.modules[name].__file__ in map(str, paths) for name in names)
+        assert not any(str(p.parent) in sys.path for p in paths)
+        assert marker in sys.path
+    finally:
+        while marker in sys.path:
+            sys.path.remove(marker)
+        for p in paths:
+            sys.modules.pop(module_name(p), None)
+
+
+def test_a_model_file_that_fails_to_import_is_not_registered(tmp_path: Path) -> None:
+    broken = tmp_path / "model.py"
+    broken.write_text("raise RuntimeError('no')\n")
+
+    with pytest.raises(AttnccError, match="importing it failed: RuntimeError: no"):
+        load_factory(FactoryRef(broken, "Model"))
+    assert module_name(broken) not in sys.modules
+    assert str(tmp_path) not in sys.path

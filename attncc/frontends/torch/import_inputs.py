@@ -2,7 +2,8 @@
 for its forward.
 
 `load_factory` imports the file by path (its directory first on sys.path, so it can import its
-neighbours) and calls the factory: a callable returning an nn.Module, or an nn.Module class.
+neighbours; registered in sys.modules under a name unique to its path) and calls the factory:
+a callable returning an nn.Module, or an nn.Module class.
 `parse_input_shapes` reads `--shapes`, which names forward's parameters
 (`x=2x16x64,bias=2x1x1x16`, `ids=2x16:int1000` for token ids, `keep=2x16:bool`);
 `example_inputs` draws seeded random tensors for them. Errors name the file and the line of
@@ -11,8 +12,10 @@ the user's code that failed, and say how to fix the command.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
+import re
 import sys
 import traceback
 from collections.abc import Mapping
@@ -51,21 +54,26 @@ def load_factory(ref: FactoryRef) -> torch.nn.Module:
     """Import `ref.path` by path and build its module; errors name the file and line."""
     if not ref.path.is_file():
         raise AttnccError(f"{ref.path}: no such file")
-    spec = importlib.util.spec_from_file_location(f"attncc_import_{ref.path.stem}", ref.path)
+    path = ref.path.resolve()
+    spec = importlib.util.spec_from_file_location(module_name(path), path)
     if spec is None or spec.loader is None:
         raise AttnccError(f"{ref.path}: not a Python file that can be imported")
     source = importlib.util.module_from_spec(spec)
     # Registered as a module, as an import would (dataclasses and pickling look classes up
-    # there); the file's own directory comes first, so it can import its neighbours.
+    # there), under a name unique to the path; the file's own directory comes first on
+    # sys.path while it runs, so it can import its neighbours.
     sys.modules[spec.name] = source
-    sys.path.insert(0, str(ref.path.resolve().parent))
+    directory = str(path.parent)
+    sys.path.insert(0, directory)
     try:
         spec.loader.exec_module(source)
     except Exception as error:
         del sys.modules[spec.name]
         raise AttnccError(f"{ref.path}: importing it failed: {located(error, ref.path)}") from None
     finally:
-        sys.path.pop(0)
+        # The file may have changed sys.path itself: remove our entry, not whatever is first.
+        if directory in sys.path:
+            sys.path.remove(directory)
     factory = getattr(source, ref.name, None)
     if factory is None:
         found = sorted(n for n, v in vars(source).items() if _is_factory(v) and n[:1] != "_")
@@ -82,6 +90,14 @@ def load_factory(ref: FactoryRef) -> torch.nn.Module:
     if not isinstance(module, torch.nn.Module):
         raise AttnccError(f"{ref}() returned {type(module).__name__}, not a torch.nn.Module")
     return module
+
+
+def module_name(path: Path) -> str:
+    """The name a model file is registered under in sys.modules: its stem for the reader,
+    and a digest of its resolved path, so two files named model.py never share a module."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    return f"attncc_import_{stem}_{digest}"
 
 
 def _is_factory(value: object) -> bool:

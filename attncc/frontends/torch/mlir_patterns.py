@@ -202,10 +202,15 @@ def _weighted_sum(weights: ir.Value) -> tuple[ir.Operation, ir.Value]:
             multiplied = product(use.op) if use.index == 0 else None
             if multiplied is not None and not multiplied[2]:
                 return use.op, multiplied[1]
-            if name == "torch.aten.dropout" and constant_or(use.op.operands[2], True) is True:
+            # dropout(x, p, train); torch.export writes dropout in training as native_dropout.
+            training = name == "torch.aten.native_dropout" or (
+                name == "torch.aten.dropout" and constant_or(use.op.operands[2], True) is not False
+            )
+            if training:
                 raise NoMatch(
                     "dropout is on after the softmax (training mode): attncc compiles "
-                    "inference; call model.eval() in the factory"
+                    "inference (the module runs in eval mode; give F.dropout "
+                    "training=self.training)"
                 )
             if looks_through(use.op) or name == "torch.aten.dropout":
                 result = use.op.result
