@@ -11,8 +11,13 @@ interpreter on the tensors the module computed there and exits 1 on a mismatch (
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from attncc.ir import print_cascade
+
+if TYPE_CHECKING:
+    from attncc.frontends.torch.mlir_import import Exported
+    from attncc.frontends.torch.mlir_patterns import AttentionSite
 
 EPILOG = """\
 --shapes names forward's parameters: x=2x16x64,bias=2x1x1x16 gives forward(x, bias) seeded
@@ -57,7 +62,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and torch-mlir take seconds to import: only this command pays for them.
-    from attncc.frontends.torch.mlir_check import check_site
     from attncc.frontends.torch.mlir_import import import_attention
 
     result = import_attention(
@@ -74,29 +78,9 @@ def run(args: argparse.Namespace) -> int:
     )
     status = 0
     for number, site in enumerate(result.sites, 1):
-        d = site.dims
         print(f"\n# site {number}: {result.location(site)}: {site.op.name}")
-        print(f"# {site.spec.describe()}")
-        print(
-            f"# B={d.batch}, H={d.heads}, G={d.kv_heads}, P={d.queries}, M={d.keys}, "
-            f"E={d.head_dim}, F={d.value_dim}"
-        )
-        for note in site.notes:
-            print(f"# note: {note}")
-        print(print_cascade(site.cascade()), end="")
-        if args.check:
-            checked = check_site(exported, site)
-            verdict = "ok" if checked.ok else "MISMATCH"
-            print(
-                f"# check: max |cascade - module| = {checked.error:.3g} "
-                f"(tolerance {checked.tolerance:.3g}): {verdict}"
-            )
-            if checked.empty_rows:
-                print(
-                    f"# check: {checked.empty_rows} query rows see no key; the module gives "
-                    f"them {site.empty_row:g}"
-                )
-            status |= 0 if checked.ok else 1
+        _print_site(site)
+        status |= _print_check(result.exported, site) if args.check else 0
     if not result.sites and not result.unrecognized:
         print("# no softmax and no scaled_dot_product_attention in the module")
     for skipped in result.unrecognized:
@@ -104,3 +88,34 @@ def run(args: argparse.Namespace) -> int:
             f"\n# not recognized: {result.location(skipped)}: {skipped.op.name}: {skipped.reason}"
         )
     return status
+
+
+def _print_site(site: AttentionSite) -> None:
+    """What the site computes, its sizes, the notes on its masks, and its cascade."""
+    d = site.dims
+    print(f"# {site.spec.describe()}")
+    print(
+        f"# B={d.batch}, H={d.heads}, G={d.kv_heads}, P={d.queries}, M={d.keys}, "
+        f"E={d.head_dim}, F={d.value_dim}"
+    )
+    for note in site.notes:
+        print(f"# note: {note}")
+    print(print_cascade(site.cascade()), end="")
+
+
+def _print_check(exported: Exported, site: AttentionSite) -> int:
+    """The site's --check line(s); 1 on a mismatch."""
+    from attncc.frontends.torch.mlir_check import check_site
+
+    checked = check_site(exported, site)
+    verdict = "ok" if checked.ok else "MISMATCH"
+    print(
+        f"# check: max |cascade - module| = {checked.error:.3g} "
+        f"(tolerance {checked.tolerance:.3g}): {verdict}"
+    )
+    if checked.empty_rows:
+        print(
+            f"# check: {checked.empty_rows} query rows see no key; the module gives them "
+            f"{site.empty_row:g}"
+        )
+    return 0 if checked.ok else 1

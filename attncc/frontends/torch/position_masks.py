@@ -106,7 +106,9 @@ _NEGATED = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "e
 HIDING_FILL = -1e4
 """Fill values at or below this hide a key: its weight exp(fill - s) underflows to 0 in float32
 and float64 once the largest visible score s is above fill + 750, so the module's softmax and
-the cascade's (which uses -inf) agree, except on rows where every key is hidden."""
+the cascade's (which uses -inf) agree, except on rows where every key is hidden: there the
+module averages over the hidden keys and -inf leaves none (`rows_without_keys` finds them).
+Compare the fill the softmax sees, after any scale that follows the mask."""
 
 _MAX_ATOMS = 4
 
@@ -115,7 +117,7 @@ _MAX_ATOMS = 4
 class MaskPredicate:
     """What a mask proved to compute from positions hides: keys where `predicate` (over m and
     p) is false; None when it hides nothing. `finite_fill` notes a hiding value such as -1e9
-    that the cascade states as -inf."""
+    where the predicate means -inf: the same only if every query row sees a key."""
 
     predicate: Expr | None
     finite_fill: bool = False
@@ -156,6 +158,22 @@ def mask_predicate(sym: Symbolic, scores: tuple[int, ...], kind: MaskKind) -> Ma
     atoms = _atoms(expr)
     if len(atoms) > _MAX_ATOMS:
         return f"the mask compares positions {len(atoms)} ways (at most {_MAX_ATOMS} are read)"
+    table = _truth_table(expr, atoms, kind)
+    if isinstance(table, str):
+        return table
+    visible, finite = table
+    if not visible:
+        return "the mask hides every key"
+    if len(visible) == 2 ** len(atoms):
+        return MaskPredicate(None, finite)
+    return MaskPredicate(_from_table(atoms, visible), finite)
+
+
+def _truth_table(
+    expr: Expr, atoms: list[Expr], kind: MaskKind
+) -> tuple[list[tuple[bool, ...]], bool] | str:
+    """The truth assignments of `atoms` under which `expr` keeps the key, and whether it hides
+    with a finite value under some other; a reason when a value neither keeps nor hides."""
     visible: list[tuple[bool, ...]] = []
     finite = False
     for truth in itertools.product((False, True), repeat=len(atoms)):
@@ -168,11 +186,7 @@ def mask_predicate(sym: Symbolic, scores: tuple[int, ...], kind: MaskKind) -> Ma
         finite |= is_finite
         if shown:
             visible.append(truth)
-    if not visible:
-        return "the mask hides every key"
-    if len(visible) == 2 ** len(atoms):
-        return MaskPredicate(None, finite)
-    return MaskPredicate(_from_table(atoms, visible), finite)
+    return visible, finite
 
 
 def _visible(value: float, kind: MaskKind) -> tuple[bool | None, bool]:
