@@ -33,7 +33,7 @@ from attncc.frontends.torch.import_inputs import (
 from attncc.frontends.torch.mlir_check import check_site
 from attncc.frontends.torch.mlir_import import ImportResult, import_attention
 from attncc.frontends.torch.mlir_patterns import find_attention
-from attncc.frontends.torch.spec import AttentionSpec, MaskTensor
+from attncc.frontends.torch.spec import AttentionSpec, EmptyRow, MaskTensor
 from attncc.ir import Call, Const, Coord, format_expr, parse, print_cascade
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +70,10 @@ def line_of(text: str, path: Path = EXAMPLES, *, after: str | None = None) -> in
 CAUSAL = AttentionSpec(causal=True)
 # The examples' heads are 64 / 4 = 16 wide; a model that writes the scale out (/ sqrt(16)) has
 # the literal 0.25 in its spec, SDPA without a scale None (its default, 1/sqrt(E)).
-SCALED = AttentionSpec(scale=0.25)
-SCALED_CAUSAL = AttentionSpec(scale=0.25, causal=True)
+# A softmax written out gives NaN to a row that sees no key (SDPA gives 0): the spec says so.
+WRITTEN = {"empty_row": EmptyRow.NAN}
+SCALED = AttentionSpec(scale=0.25, **WRITTEN)
+SCALED_CAUSAL = AttentionSpec(scale=0.25, causal=True, **WRITTEN)
 EXAMPLE_SITES = {
     # factory: (shapes, [(spec, op, source text of the line reported)])
     "sdpa_attention": (
@@ -104,7 +106,7 @@ EXAMPLE_SITES = {
         "x=2x12x64,bias=2x1x1x12",
         [
             (
-                AttentionSpec(scale=0.25, mask_tensor=MaskTensor.ADDITIVE),
+                AttentionSpec(scale=0.25, mask_tensor=MaskTensor.ADDITIVE, **WRITTEN),
                 "softmax.int",
                 "weights = torch.softmax(scores + bias, dim=-1)",
             )
@@ -175,18 +177,18 @@ WINDOW = Call("ge", (Coord("m"), Call("sub", (Coord("p"), Const(2.0)))))
 MORE_SITES = {
     # module: (shapes, spec)
     "Bmm": ("q=8x12x16,k=8x12x16,v=8x12x16", SCALED),
-    "ScaledOperands": (QKV, AttentionSpec(scale=0.6)),
-    "SlidingWindow": (QKV, AttentionSpec(scale=0.25, causal=True, predicate=WINDOW)),
+    "ScaledOperands": (QKV, AttentionSpec(scale=0.6, **WRITTEN)),
+    "SlidingWindow": (QKV, AttentionSpec(scale=0.25, causal=True, predicate=WINDOW, **WRITTEN)),
     "TriuAdditiveMask": (QKV, SCALED_CAUSAL),
-    "PositionBias": (QKV, AttentionSpec(scale=1.0, mask_tensor=MaskTensor.ADDITIVE)),
+    "PositionBias": (QKV, AttentionSpec(scale=1.0, mask_tensor=MaskTensor.ADDITIVE, **WRITTEN)),
     "BooleanMask": (QKV + ",m=2x4x12x12", AttentionSpec(mask_tensor=MaskTensor.BOOLEAN)),
     "RepeatInterleave": (
         "q=2x4x12x16,k=2x2x12x16,v=2x2x12x16",
-        AttentionSpec(scale=0.25, gqa_group=2),
+        AttentionSpec(scale=0.25, gqa_group=2, **WRITTEN),
     ),
     "Einsum": (QKV, SCALED),
     # nn.MultiheadAttention scales the queries by head_dim ** -0.5 (32 / 4 = 8 wide).
-    "MultiheadAttention": ("x=2x12x32", AttentionSpec(scale=8**-0.5)),
+    "MultiheadAttention": ("x=2x12x32", AttentionSpec(scale=8**-0.5, **WRITTEN)),
 }
 
 
@@ -205,7 +207,7 @@ def test_masks_are_explained_in_notes() -> None:
     (window,) = imported(model("SlidingWindow"), QKV).sites
     (bias,) = imported(model("PositionBias"), QKV).sites
 
-    assert window.spec.describe() == "scale=0.25, causal, mask where m >= p - 2"
+    assert window.spec.describe() == "scale=0.25, causal, mask where m >= p - 2, empty rows NaN"
     assert any("large finite value" in note for note in window.notes)
     assert any("computed from positions stays a tensor" in note for note in bias.notes)
 
@@ -417,7 +419,7 @@ def test_finite_fill_is_a_predicate_when_every_row_sees_a_key() -> None:
     result = imported(model("finite_causal"), QKV)
 
     (site,) = result.sites
-    assert site.spec == AttentionSpec(scale=1.0, causal=True)
+    assert site.spec == AttentionSpec(scale=1.0, causal=True, **WRITTEN)
     assert any("as every query row sees a key" in note for note in site.notes)
     assert check_site(result.exported, site).ok
 
@@ -428,7 +430,7 @@ def test_finite_fill_hiding_whole_rows_stays_a_tensor() -> None:
     result = imported(model("finite_rows_hidden"), QKV)
 
     (site,) = result.sites
-    assert site.spec == AttentionSpec(scale=1.0, mask_tensor=MaskTensor.ADDITIVE)
+    assert site.spec == AttentionSpec(scale=1.0, mask_tensor=MaskTensor.ADDITIVE, **WRITTEN)
     assert any("hides every key of some query row" in note for note in site.notes)
     (term,) = site.masks
     assert term.hiding == -1e9
@@ -496,7 +498,7 @@ def test_masks_from_positions_that_stay_tensors_say_why(name: str) -> None:
     result = imported(model(name), QKV)
 
     (site,) = result.sites
-    assert site.spec == AttentionSpec(scale=1.0, mask_tensor=kind)
+    assert site.spec == AttentionSpec(scale=1.0, mask_tensor=kind, **WRITTEN)
     assert any(
         n.startswith(f"a mask computed from positions stays a tensor: {note}") for n in site.notes
     )
@@ -508,7 +510,7 @@ def test_fill_is_judged_after_the_scale_that_follows_it() -> None:
     """masked_fill(future, -1e9) * 0.25 still hides (-2.5e8): causal, with scale 0.25."""
     (site,) = imported(model("fill_then_scale"), QKV).sites
 
-    assert site.spec == AttentionSpec(scale=0.25, causal=True)
+    assert site.spec == AttentionSpec(scale=0.25, causal=True, **WRITTEN)
     (skipped,) = imported(model("fill_scaled_away"), QKV).unrecognized
     assert "-1)" in skipped.reason
 

@@ -48,7 +48,7 @@ from attncc.frontends.torch.mlir_ops import (
 )
 from attncc.frontends.torch.mlir_symbolic import scalar_constant
 from attncc.frontends.torch.position_masks import HIDING_FILL, MaskKind
-from attncc.frontends.torch.spec import AttentionSpec, attention_cascade
+from attncc.frontends.torch.spec import AttentionSpec, EmptyRow, attention_cascade
 from attncc.ir import Cascade
 
 SDPA = "torch.aten.scaled_dot_product_attention"
@@ -88,10 +88,8 @@ class AttentionSite:
 
     @property
     def empty_row(self) -> float:
-        """What the module gives a query row that sees no key (every score -inf): SDPA gives
-        0 (torch 2.13), a softmax written out 0/0 = NaN. (The spec will say it once
-        AttentionSpec carries it.)"""
-        return 0.0 if self.op.name == SDPA else math.nan
+        """What the module gives a query row that sees no key (every score -inf)."""
+        return 0.0 if self.spec.empty_row is EmptyRow.ZERO else math.nan
 
 
 @dataclass(frozen=True)
@@ -389,6 +387,8 @@ def _site(
         predicate=masks.predicate,
         mask_tensor=masks.mask_tensor,
         gqa_group=dims.heads // dims.kv_heads if dims.kv_heads != dims.heads else None,
+        # SDPA gives 0 (torch 2.13) to a row that sees no key; a softmax written out 0/0 = NaN.
+        empty_row=EmptyRow.ZERO if op.name == SDPA else EmptyRow.NAN,
     )
     q, key, value, output = tensors
     return AttentionSite(
