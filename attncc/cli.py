@@ -58,6 +58,8 @@ from attncc.frontends.masks import MASKS
 from attncc.frontends.options import key_values, option_value
 from attncc.frontends.sdpa import match_sdpa, sdpa_reference
 from attncc.frontends.torch.import_cli import register as register_import
+from attncc.frontends.zoo import STAGED
+from attncc.frontends.zoo.stages import Staged
 from attncc.ir import Cascade, DType, bind_sizes, parse, print_cascade
 from attncc.passes import PIPELINES, PassManager, parse_pipeline, run_pipeline
 
@@ -96,16 +98,21 @@ def run_and_report(
     seed: int,
     dtype: str,
     backend: Backend = Backend.REFERENCE,
+    staged: Staged | None = None,
 ) -> float:
-    """Run `cascade` on random inputs with `backend`, print output statistics and, for
-    attention, the error against PyTorch's scaled_dot_product_attention. Returns that
-    relative error (or NaN)."""
+    """Run `cascade` on random inputs with `backend` (as its `staged` form when given), print
+    output statistics and, for attention, the error against PyTorch's scaled_dot_product_
+    attention. Returns that relative error (or NaN)."""
     bound = bind_sizes(cascade, sizes)
     numpy_dtype = np.dtype(np.float64 if dtype == "f64" else np.float32)
     inputs = random_inputs(cascade, bound, np.random.default_rng(seed), numpy_dtype)
-    outputs = execute(cascade, inputs, bound, backend)
+    if staged is None:
+        outputs = execute(cascade, inputs, bound, backend)
+    else:
+        outputs = staged.run(inputs, backend, bound)
     shown = ", ".join(f"{k}={v}" for k, v in bound.items())
-    print(f"{cascade.name}: {shown}, {dtype}, backend {backend.value}")
+    how = f" ({len(staged.stages)} stages)" if staged is not None else ""
+    print(f"{cascade.name}: {shown}, {dtype}, backend {backend.value}{how}")
     for name, array in outputs.items():
         print(_statistics(name, array))
     call = match_sdpa(cascade)
@@ -147,8 +154,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cascade = load(args.source, parse_options(args.option))
+    options = parse_options(args.option)
+    cascade = load(args.source, options)
     backend = Backend(args.backend)
+    # The tiled backends take a staged variant stage by stage (its kernels, and what they read).
+    tiled = backend is not Backend.REFERENCE and args.source in STAGED
+    staged = STAGED[args.source](**options) if tiled else None
     if backend is Backend.TRITON and not _cuda_available():
         if not use_triton_interpreter():
             raise AttnccError("Triton is already loaded for a GPU; set TRITON_INTERPRET=1")
@@ -157,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     dtype = args.dtype or ("f32" if backend is Backend.TRITON else "f64")
     if backend is Backend.TRITON and dtype == "f64":
         raise AttnccError("--backend triton computes in float32 at most: use --dtype f32")
-    run_and_report(cascade, parse_shapes(args.shapes), args.seed, dtype, backend)
+    run_and_report(cascade, parse_shapes(args.shapes), args.seed, dtype, backend, staged)
     return 0
 
 

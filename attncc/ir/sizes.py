@@ -42,7 +42,10 @@ def bind_sizes(
             where = f"input {decl.name} (extent {extent} along {index_name(rank)})"
             _bind(values, source, rank, extent, where)
     _derive(ranks, values, source)
-    missing = [name for name in ranks if name not in values]
+    # Ask only for free sizes: the others follow from them (I = ceiling(P/64)).
+    unbound = [name for name in ranks if name not in values]
+    missing = [n for n in unbound if ranks[n].size.is_Symbol and ranks[n].size.name == n]
+    missing = missing or unbound
     if missing:
         hint = ", ".join(f"{name}=..." for name in missing)
         raise ShapeError(

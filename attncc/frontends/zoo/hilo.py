@@ -29,7 +29,7 @@ from __future__ import annotations
 from attncc.frontends import masks
 from attncc.frontends.builder import CascadeBuilder, Index, TensorRef, Value
 from attncc.frontends.zoo.softmax import Heads, Operands, declare_heads, softmax_attention
-from attncc.frontends.zoo.stages import Stage, Staged, cut
+from attncc.frontends.zoo.stages import Cut, staged
 from attncc.ir import Cascade
 
 
@@ -104,15 +104,8 @@ def _inputs(
     )
 
 
-def hilo_stages(**options: object) -> Staged:
-    """`hilo(**options)` as it runs on the tiled backends: the pooling (the reference
-    interpreter), then the Hi-Fi and the Lo-Fi attention, each a kernel."""
-    whole = hilo(**options)  # type: ignore[arg-type]
-    return Staged(
-        whole,
-        (
-            Stage(cut(whole, ["PK", "PV"]), kernel=False),
-            Stage(cut(whole, ["AVH"]), kernel=True),
-            Stage(cut(whole, ["AVL"], given=["PK", "PV"]), kernel=True),
-        ),
-    )
+hilo_stages = staged(
+    hilo, Cut(("PK", "PV"), kernel=False), Cut(("AVH",)), Cut(("AVL",), given=("PK", "PV"))
+)
+"""`hilo(**options)` as it runs on the tiled backends: the pooling (the reference
+interpreter), then the Hi-Fi and the Lo-Fi attention, each a kernel."""

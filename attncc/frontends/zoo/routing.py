@@ -49,7 +49,7 @@ import sympy
 
 from attncc.frontends.builder import CascadeBuilder, Index, TensorRef, Value, minimum, value
 from attncc.frontends.zoo.softmax import Heads, Operands, declare_heads, softmax_attention
-from attncc.frontends.zoo.stages import Stage, Staged, cut
+from attncc.frontends.zoo.stages import Cut, staged
 from attncc.ir import Cascade, DType
 
 
@@ -151,14 +151,6 @@ def _scores(
     return b.let("BLOCKS", [*table, i, j], kept)
 
 
-def routing_stages(**options: object) -> Staged:
-    """`routing(**options)` as it runs on the tiled backends: the scoring stage (the reference
-    interpreter, float64), then the attention with the block table as an input."""
-    whole = routing(**options)  # type: ignore[arg-type]
-    return Staged(
-        whole,
-        (
-            Stage(cut(whole, ["BLOCKS"]), kernel=False),
-            Stage(cut(whole, ["AV"], given=["BLOCKS"]), kernel=True),
-        ),
-    )
+routing_stages = staged(routing, Cut(("BLOCKS",), kernel=False), Cut(("AV",), given=("BLOCKS",)))
+"""`routing(**options)` as it runs on the tiled backends: the scoring stage (the reference
+interpreter, float64), then the attention with the block table as an input."""
