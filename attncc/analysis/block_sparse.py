@@ -24,6 +24,8 @@ from attncc.ir import (
     Expr,
     evaluate_index,
     index_symbol,
+    index_vars,
+    indices_used,
     replace_accesses,
     size_symbol,
     substitute,
@@ -80,7 +82,8 @@ def tile_map(
     data: Mapping[str, np.ndarray] | None = None,
 ) -> TileMap:
     """The classification of every (query tile, key tile) of `sparse` at `sizes` (which bind
-    the key rank, its tile, the query rank and any size the mask names)."""
+    the key rank, its tile, the query rank and any size the mask names); per grid point too
+    where the mask reads a table at other indices of the masked Einsum (batch, head)."""
     predicate, key, query = sparse_mask(cascade, sparse)
     part = next(p for p in cascade.partitions if p.outer == sparse.key_tiles)
     for rank in (part.rank, part.inner, sparse.query):
@@ -96,7 +99,19 @@ def tile_map(
         query=query,
         sizes=sizes,
         data=data,
+        grid=mask_grid(cascade, sparse),
     )
+
+
+def mask_grid(cascade: Cascade, sparse: BlockSparse) -> tuple[str, ...]:
+    """The indices other than the key tile and the query at which the mask of `sparse` reads
+    tables (b, h of `HW[b, h, p] != 0`), in the order the masked Einsum writes them."""
+    writer = cascade.writer(sparse.tensor)
+    assert writer is not None and writer.filter is not None, "verified sparse declarations"
+    part = next(p for p in cascade.partitions if p.outer == sparse.key_tiles)
+    own = {sparse.key_tile_index, part.inner.lower(), sparse.query_index}
+    read = indices_used(writer.filter.predicate) - own
+    return tuple(v for i in writer.indices for v in sorted(index_vars(i)) if v in read)
 
 
 def densities(cascade: Cascade, sizes: Mapping[str, int]) -> dict[str, float]:

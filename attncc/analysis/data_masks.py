@@ -5,13 +5,16 @@ documents of packed sequences) are decided from each tile's minimum and maximum 
 every tile holds a run of consecutive ids (sorted ids without gaps), and conservative (PARTIAL
 where it cannot tell) otherwise. A table read at the query and the key position or their blocks
 (`BLOCKS[p // 64, m // 64] != 0`, fixed block lists or top-k choices from a scoring stage) is
-decided exactly from any/all of each tile's rectangle of entries, by summed-area tables.
+decided exactly from any/all of each tile's rectangle of entries, by summed-area tables. A table
+may also be read at grid indices (`HW[b, h, p] != 0`, a head's weight per token): then the
+decision is per grid point, with one leading axis per grid index the caller names.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,31 +46,27 @@ def data_condition(
     key: str,
     query: str,
     data: Mapping[str, np.ndarray],
+    grid: Sequence[str] = (),
 ) -> tuple[Tri, bool]:
-    """Where `expr` can be true and false per tile, and whether that is exact."""
+    """Where `expr` can be true and false per tile, and whether that is exact. A table may
+    also be read at the grid indices `grid` (batch, head): then the result has one leading
+    axis per grid index, in that order (extent 1 where the table does not read it)."""
     if isinstance(expr, Call) and expr.op in ("eq", "ne"):
         ids = _id_comparison(*expr.args, positions=positions, key=key, query=query, data=data)
         if ids is not None:
             (t, f), exact = ids
             return ((t, f) if expr.op == "eq" else (f, t)), exact
-    return _table(expr, positions, key, query, data), True
+    return _table(expr, positions, key, query, data, grid), True
 
 
-def check_data_condition(expr: Expr, key: str, query: str) -> None:
+def check_data_condition(expr: Expr, key: str, query: str, grid: Sequence[str] = ()) -> None:
     """Raise AnalysisError unless `expr` is a data condition `data_condition` can decide."""
     if isinstance(expr, Call) and expr.op in ("eq", "ne"):
         reads = {a.indices[0] for a in expr.args if isinstance(a, Access) and len(a.indices) == 1}
         if reads == {index_symbol(key), index_symbol(query)}:
             return
     access, _ = _table_condition(expr)
-    positions = {key: None, query: None}
-    if {_monotone_index(i, expr, positions)[0] for i in access.indices} != {key, query} or len(
-        access.indices
-    ) != 2:
-        raise AnalysisError(
-            f"{format_expr(expr)}: a data mask reads ids at the key and the query "
-            "(A[m] == B[p]) or a table at both (T[p // B, m // B])"
-        )
+    _table_axes(access, expr, {key: None, query: None}, grid)
 
 
 def _array(data: Mapping[str, np.ndarray], name: str) -> np.ndarray:
@@ -129,9 +128,11 @@ def _table(
     key: str,
     query: str,
     data: Mapping[str, np.ndarray],
+    grid: Sequence[str],
 ) -> Tri:
-    """A condition on one tensor read at (functions of) the query and the key position,
-    each index `v` or `v // c`: any/all over each tile's rectangle of entries."""
+    """A condition on one tensor read at grid indices and (functions of) the key and the
+    query position, each position index `v` or `v // c`: any/all over each tile's range of
+    entries (summed-area tables), per grid point."""
     access, compare = _table_condition(expr)
     values = _array(data, access.tensor)
     if values.ndim != len(access.indices):
@@ -139,10 +140,11 @@ def _table(
             f"{access.tensor} has {values.ndim} dimensions, the mask reads "
             f"{len(access.indices)} ({format_expr(expr)})"
         )
-    holds = compare(values)
-    bounds = []
-    for axis, index in enumerate(access.indices):
-        var, divisor = _monotone_index(index, expr, positions)
+    axes = _table_axes(access, expr, positions, grid)
+    spans = []
+    for axis, (var, divisor) in enumerate(axes):
+        if divisor == 0:
+            continue
         lo, hi = positions[var]
         lo, hi = lo // divisor, hi // divisor
         if np.any(hi >= values.shape[axis]):
@@ -150,17 +152,39 @@ def _table(
                 f"{access.tensor} dimension {axis} has {values.shape[axis]} entries, "
                 f"the mask reads entry {int(hi.max())} ({format_expr(expr)})"
             )
-        bounds.append((var, lo, hi))
-    if len(bounds) != 2 or {b[0] for b in bounds} != {key, query}:
+        spans.append((lo, hi))
+    # Grid axes first, in `grid` order (extent 1 for a grid index not read), then positions.
+    read = {var: axis for axis, (var, divisor) in enumerate(axes) if divisor == 0}
+    order = [read[g] for g in grid if g in read]
+    order += [axis for axis, (_, divisor) in enumerate(axes) if divisor != 0]
+    holds = np.transpose(compare(values), order)
+    shape = [values.shape[read[g]] if g in read else 1 for g in grid]
+    holds = holds.reshape((*shape, *holds.shape[len(read) :]))
+    can_true, can_false = _any_over(holds, spans), _any_over(~holds, spans)
+    if not spans:
+        # Read at no position: the same for every tile of a grid point.
+        return can_true[..., None, None], can_false[..., None, None]
+    return can_true, can_false
+
+
+def _table_axes(
+    access: Access, expr: Expr, positions: Mapping[str, object], grid: Sequence[str]
+) -> list[tuple[str, int]]:
+    """Per index of a table read, (position, divisor) for `v` or `v // c` and (grid index, 0)
+    for a grid index; each read at most once."""
+    axes = []
+    for index in access.indices:
+        if index.is_Symbol and index.name in grid:
+            axes.append((index.name, 0))
+        else:
+            axes.append(_monotone_index(index, expr, positions))
+    names = [var for var, _ in axes]
+    if len(set(names)) != len(names):
         raise AnalysisError(
-            f"{format_expr(expr)}: a data mask reads ids at the key and the query "
-            "(A[m] == B[p]) or a table at both (T[p // B, m // B])"
+            f"{format_expr(expr)}: a data mask reads a table at the key, the query and grid "
+            "indices (batch, head), each once (T[b, h, p // B, m // B])"
         )
-    (_, lo0, hi0), (_, lo1, hi1) = bounds
-    return (
-        _rectangle_any(holds, lo0, hi0, lo1, hi1),
-        _rectangle_any(~holds, lo0, hi0, lo1, hi1),
-    )
+    return axes
 
 
 def _table_condition(expr: Expr) -> tuple[Access, Callable[[np.ndarray], np.ndarray]]:
@@ -196,11 +220,23 @@ def _monotone_index(
     raise AnalysisError(f"{format_expr(expr)}: index {index} is not a position or position // c")
 
 
-def _rectangle_any(
-    holds: np.ndarray, lo0: np.ndarray, hi0: np.ndarray, lo1: np.ndarray, hi1: np.ndarray
-) -> np.ndarray:
-    """Whether `holds` has a True entry in [lo0, hi0] x [lo1, hi1], from a summed-area table."""
-    table = np.zeros((holds.shape[0] + 1, holds.shape[1] + 1), dtype=np.int64)
-    table[1:, 1:] = holds.astype(np.int64).cumsum(0).cumsum(1)
-    total = table[hi0 + 1, hi1 + 1] - table[lo0, hi1 + 1] - table[hi0 + 1, lo1] + table[lo0, lo1]
+def _any_over(holds: np.ndarray, spans: list[Interval]) -> np.ndarray:
+    """Whether `holds` has a True entry in the box [lo, hi] of each span over its last
+    len(spans) axes, per tile (the spans broadcast against each other), from a summed-area
+    table: leading axes are kept in front."""
+    k = len(spans)
+    if k == 0:
+        return holds.copy()
+    lead = holds.ndim - k
+    table = np.zeros((*holds.shape[:lead], *(n + 1 for n in holds.shape[lead:])), np.int64)
+    summed = holds.astype(np.int64)
+    for axis in range(lead, holds.ndim):
+        summed = summed.cumsum(axis)
+    table[(Ellipsis, *(slice(1, None) for _ in spans))] = summed
+    total: np.ndarray = np.zeros((), np.int64)
+    # Inclusion-exclusion over the box's 2**k corners.
+    for corner in itertools.product((0, 1), repeat=k):
+        picks = tuple(hi + 1 if c else lo for c, (lo, hi) in zip(corner, spans, strict=True))
+        sign = 1 if (k - sum(corner)) % 2 == 0 else -1
+        total = total + sign * table[(Ellipsis, *picks)]
     return total > 0

@@ -14,7 +14,8 @@ tiles) in all. Masks relating digits with no unit coefficient left are refused.
 
 Comparisons that read tensors (document ids, block tables) are decided from the data: per-tile
 minimum and maximum of 1-D ids, or any/all of a block table over each tile's rectangle of
-blocks (summed-area tables). Where the data alone cannot be exact the map says so (`exact`)
+blocks (summed-area tables); tables read at grid indices (a head's weight per token) give
+classes per grid point. Where the data alone cannot be exact the map says so (`exact`)
 and errs towards PARTIAL, which is always safe: a PARTIAL tile applies the mask.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,12 +59,15 @@ def classify_tiles(
     query: str = "p",
     sizes: Mapping[str, int] | None = None,
     data: Mapping[str, np.ndarray] | None = None,
+    grid: Sequence[str] = (),
 ) -> TileMap:
     """Classify every (query tile, key tile) of a `query_len` x `key_len` mask.
 
     `predicate` is over coordinates `key` and `query`; `sizes` binds the rank sizes it names
-    and `data` the tensors it reads. Raises AnalysisError for a predicate this analysis
-    cannot decide exactly (say, `2*m <= p` and `m % 3` together), naming the construct."""
+    and `data` the tensors it reads. Tables it reads may also be indexed by the grid indices
+    `grid` (batch, head): the map's `by_grid` then holds the classes per grid point, and its
+    `classes` their union. Raises AnalysisError for a predicate this analysis cannot decide
+    exactly (say, `2*m <= p` and `m % 3` together), naming the construct."""
     lengths = {"key_len": key_len, "query_len": query_len}
     for name, value in {**lengths, "key_tile": key_tile, "query_tile": query_tile}.items():
         if not isinstance(value, int | np.integer) or value < 1:
@@ -78,8 +82,20 @@ def classify_tiles(
         _tiles(key_len, key_tile, axis=1),
         _tiles(query_len, query_tile, axis=0),
         data or {},
+        tuple(grid),
     )
-    return TileMap(classes, key_len, query_len, key_tile, query_tile, exact)
+    if classes.ndim == 2:
+        return TileMap(classes, key_len, query_len, key_tile, query_tile, exact)
+    return TileMap(
+        union_classes(classes),
+        key_len,
+        query_len,
+        key_tile,
+        query_tile,
+        exact,
+        grid=tuple(grid),
+        by_grid=classes,
+    )
 
 
 COARSE = 16
@@ -116,13 +132,18 @@ def _two_level(
 
 
 def _decide(
-    lowered: Lowered, key_tiles: Interval, query_tiles: Interval, data: Mapping[str, np.ndarray]
+    lowered: Lowered,
+    key_tiles: Interval,
+    query_tiles: Interval,
+    data: Mapping[str, np.ndarray],
+    grid: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, bool]:
     """The TileClass of every tile the broadcast intervals describe (a grid of rows and
-    columns, or aligned lists), and whether data left some of them bounded only."""
+    columns, or aligned lists), and whether data left some of them bounded only; with leading
+    grid axes where a table read at `grid` indices makes tiles differ between grid points."""
     plan = _plan(lowered)
     key, query = lowered.key, lowered.query
-    context = _Context(plan, key_tiles, query_tiles, key, query, data)
+    context = _Context(plan, key_tiles, query_tiles, key, query, data, grid)
     shape = np.broadcast_shapes(key_tiles[0].shape, query_tiles[0].shape)
     can_true = np.zeros(shape, dtype=bool)
     can_false = np.zeros(shape, dtype=bool)
@@ -131,12 +152,24 @@ def _decide(
     for (kb, kv), (qb, qv) in itertools.product(key_boxes, query_boxes):
         valid = kv & qv
         t, f = context.tri(lowered.formula, {**kb, **qb})
-        can_true |= valid & t
-        can_false |= valid & f
+        # Not in place: a data atom read at grid indices adds leading axes.
+        can_true = can_true | (valid & t)
+        can_false = can_false | (valid & f)
     classes = np.where(
         can_true, np.where(can_false, TileClass.PARTIAL, TileClass.FULL), TileClass.EMPTY
     ).astype(np.int8)
     return classes, context.exact
+
+
+def union_classes(by_grid: np.ndarray) -> np.ndarray:
+    """One class per (query tile, key tile) for every grid point at once: EMPTY where EMPTY
+    for all, FULL where FULL for all, else PARTIAL (the mask applies per grid point)."""
+    axes = tuple(range(by_grid.ndim - 2))
+    empty = np.all(by_grid == TileClass.EMPTY, axis=axes)
+    full = np.all(by_grid == TileClass.FULL, axis=axes)
+    return np.where(
+        empty, TileClass.EMPTY, np.where(full, TileClass.FULL, TileClass.PARTIAL)
+    ).astype(np.int8)
 
 
 MAX_CASES = 4096
@@ -149,13 +182,14 @@ def check_classifiable(
     key: str = "m",
     query: str = "p",
     sizes: Mapping[str, int] | None = None,
+    grid: Sequence[str] = (),
 ) -> None:
     """Raise AnalysisError, with the reason, when `classify_tiles` would refuse `predicate`
     whatever the lengths and whatever the data of data masks."""
     lowered = lower_predicate(predicate, key=key, query=query, sizes=sizes)
     _plan(lowered)
     for atom in _data_atoms(lowered.formula):
-        check_data_condition(atom.expr, key, query)
+        check_data_condition(atom.expr, key, query, grid)
 
 
 Box = dict[str, Interval]
@@ -276,8 +310,10 @@ class _Context:
         key: str,
         query: str,
         data: Mapping[str, np.ndarray],
+        grid: tuple[str, ...] = (),
     ) -> None:
         self.plan = plan
+        self.grid = grid
         self.tiles = {key: key_tiles, query: query_tiles}
         self.key, self.query = key, query
         self.data = data
@@ -295,7 +331,9 @@ class _Context:
             t, f = self.tri(node.arg, box)
             return f, t
         if isinstance(node, DataAtom):
-            tri, exact = data_condition(node.expr, self.tiles, self.key, self.query, self.data)
+            tri, exact = data_condition(
+                node.expr, self.tiles, self.key, self.query, self.data, self.grid
+            )
             self.exact = self.exact and exact
             return tri
         if isinstance(node, Atom):

@@ -51,7 +51,12 @@ class BlockMask:
 class TileMap:
     """`classes[i, j]`: the TileClass of query tile i and key tile j. The last tiles may be
     ragged: only positions below `query_len` and `key_len` count. `exact` is False where data
-    could only bound the classification (some EMPTY or FULL tiles may be PARTIAL)."""
+    could only bound the classification (some EMPTY or FULL tiles may be PARTIAL).
+
+    A mask that reads a table at grid indices (batch, head) classifies tiles per grid point:
+    `by_grid[g..., i, j]`, one leading axis per index of `grid` (extent 1 where the mask does
+    not vary along it), and `classes` is then their union (EMPTY or FULL only where so at
+    every grid point), what an executor sharing one tile list across the grid may use."""
 
     classes: np.ndarray
     key_len: int
@@ -59,6 +64,8 @@ class TileMap:
     key_tile: int
     query_tile: int
     exact: bool = True
+    grid: tuple[str, ...] = ()
+    by_grid: np.ndarray | None = None
 
     def count(self, tile_class: TileClass) -> int:
         return int(np.count_nonzero(self.classes == tile_class))

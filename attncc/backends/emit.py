@@ -71,7 +71,9 @@ class Dialect(abc.ABC):
             axes = self.program.value_axes[operand.tensor]
             return Code(value_name(operand.tensor, previous=operand.previous), axes)
         if access not in self.loads:
-            name = f"ld{len(self.loads)}_{operand.access.tensor}"
+            # Numbered by the writer, not by this dialect: dialects of one kernel share a
+            # scope (the loop's seeded with values loaded before it), and names must not clash.
+            name = self.writer.fresh(f"ld{{}}_{operand.access.tensor}")
             self.writer.line(f"{name} = {self.load(operand)}")
             self.loads[access] = name
         return Code(self.loads[access], self.program.operand_axes(operand))
@@ -202,6 +204,12 @@ class SourceWriter:
     def __init__(self) -> None:
         self._lines: list[str] = []
         self._depth = 0
+        self._names = 0
+
+    def fresh(self, pattern: str) -> str:
+        """`pattern` with its `{}` replaced by a number no other fresh name of this source has."""
+        self._names += 1
+        return pattern.format(self._names - 1)
 
     def line(self, text: str) -> None:
         self._lines.append("    " * self._depth + text if text else "")

@@ -18,7 +18,8 @@ It checks, and reports every violation it finds (not just the first):
 - outputs: each is written, by an Einsum whose left side has the declared ranks;
 - block sparsity (`sparse S[m1, p // T]`): S is written by an Einsum with a filter whose
   iteration space holds m1, the inner index of m1's partition and p; the filter reads no other
-  index; T is a positive integer or a size;
+  index but S's other left-side indices (grid indices: batch, head); T is a positive integer
+  or a size;
 - dependencies: no cycle, except running updates that read their previous iteration, and such
   a cycle runs over a single iterative rank.
 Each diagnostic names the Einsum (with its source line when parsed), the tensor and the rank.
@@ -402,10 +403,13 @@ def _check_sparse(cascade: Cascade, sparse: BlockSparse) -> Iterator[Diagnostic]
     needed = {sparse.key_tile_index, part.inner.lower(), sparse.query_index}
     for var in sorted(needed - writer.space):
         yield problem(f"{sparse.tensor} does not iterate over {var}", _rank_name(cascade, var))
-    for var in sorted(indices_used(writer.filter.predicate) - needed):
+    # Other left-side indices (batch, head) are the grid of a query on the left side: tiles
+    # are classified per grid point.
+    grid = writer.lhs_vars if sparse.query_index in writer.lhs_vars else frozenset()
+    for var in sorted(indices_used(writer.filter.predicate) - needed - grid):
         yield problem(
             f"the mask of {sparse.tensor} reads index {var}; a block-sparse mask may read only "
-            f"{', '.join(sorted(needed))}",
+            f"{', '.join(sorted(needed))} and {sparse.tensor}'s other left-side indices",
             _rank_name(cascade, var),
         )
     tile = sparse.query_tile

@@ -2,8 +2,9 @@
 
 One program of the launch grid computes one query tile of one grid point (batch, head): axis 0
 of the grid is the query tile, axis 1 the grid point, flattened with the last grid index
-fastest. The program walks its key tiles from the block lists (`attncc.backends.tile_lists`)
-in ascending order; a FULL tile runs the body without the block-sparse mask and without bounds
+fastest. The program walks its key tiles from the block lists (`attncc.backends.tile_lists`:
+its grid point's own where the mask reads batch or head, else those of its query tile) in
+ascending order; a FULL tile runs the body without the block-sparse mask and without bounds
 checks, any other tile with both. Every tile is computed in float32; matrix products take
 their operands in the inputs' element type (tensor cores for fp16/bf16) and accumulate in
 float32. Feature axes (head dimensions) are compile-time constants padded to a power of two.
@@ -285,7 +286,7 @@ def kernel_parameters(program: TileProgram) -> list[str]:
     for decl in (*cascade.inputs, *cascade.outputs):
         params += [f"st_{decl.name}_{n}" for n in range(len(decl.ranks))]
     params += [f"s_{rank}" for rank in runtime_sizes(program)]
-    params += ["tile_counts", "tile_indices", "tile_full", "tiles_stride"]
+    params += ["tile_counts", "tile_indices", "tile_full", "tiles_stride", "tiles_per_point"]
     return params
 
 
@@ -302,6 +303,9 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
     # within one (batch, head) stay 32-bit, which keeps tiles of them in fewer registers.
     writer.line("qt = tl.program_id(0)")
     writer.line("flat = tl.program_id(1).to(tl.int64)")
+    # This grid point's tile lists: its own where the mask reads the grid (tiles_per_point
+    # query tiles a point), else the shared ones (tiles_per_point 0).
+    writer.line("tile_base = flat * tiles_per_point")
     for var in reversed(program.grid):
         rank = program.schedule.rank_of(var)
         writer.line(f"g_{var} = flat % s_{rank}")
@@ -343,14 +347,16 @@ def _key_loop(program: TileProgram, shape: KernelShape, writer: SourceWriter) ->
             initial = initial_value(op, program, prologue).text
             writer.line(f"{value_name(op.tensor, previous=True)} = {initial}")
     converted, preloaded = _convert_invariants(program, prologue, writer)
-    writer.line("count = tl.load(tile_counts + qt)")
+    writer.line("tile_row = tile_base + qt")
+    writer.line("count = tl.load(tile_counts + tile_row)")
+    writer.line("tile_start = tile_row * tiles_stride")
     writer.line("for j in range(0, count):")
     with writer.indented():
-        writer.line("m1 = tl.load(tile_indices + qt * tiles_stride + j)")
+        writer.line("m1 = tl.load(tile_indices + tile_start + j)")
         writer.line(f"x_{program.key} = tl.arange(0, BLOCK_K)")
         key_rank = program.schedule.key.rank
         writer.line(f"k_valid = m1 * BLOCK_K + x_{program.key} < s_{key_rank}")
-        writer.line("if tl.load(tile_full + qt * tiles_stride + j) != 0:")
+        writer.line("if tl.load(tile_full + tile_start + j) != 0:")
         with writer.indented():
             full = TritonDialect(program, shape, writer, checked=False, converted=converted)
             full.loads.update(preloaded)

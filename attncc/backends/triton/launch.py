@@ -15,12 +15,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from attncc.analysis.block_sparse import sparse_mask
 from attncc.analysis.tile_map import TileMap
 from attncc.backends import emit
 from attncc.backends import tile_program as tile_program_module
 from attncc.backends.kernel_cache import KernelCache, cache_key, shared_cache, source_digest
 from attncc.backends.schedule import Schedule, retile, schedule
-from attncc.backends.tile_lists import TileLists, tile_classes
+from attncc.backends.tile_lists import TileLists, grid_classes, tile_classes
 from attncc.backends.tile_program import TileProgram, tile_program
 from attncc.backends.triton import emitter as triton_emitter
 from attncc.backends.triton.cubin import library_is_interpreted
@@ -31,7 +32,7 @@ from attncc.backends.triton.emitter import (
     runtime_sizes,
 )
 from attncc.errors import ExecutionError, LoweringError
-from attncc.ir import Cascade, DType, bind_sizes, print_cascade
+from attncc.ir import Cascade, DType, bind_sizes, print_cascade, tensors_read
 
 KERNEL = "attncc_kernel"
 
@@ -165,13 +166,13 @@ def _launch(
 ) -> None:
     """Launch the kernel over the grid of `nest` at `sizes` on `tensors` (inputs and outputs)."""
     device = next(iter(tensors.values())).device
-    ids = {n: t.detach().cpu().numpy() for n, t in tensors.items() if not t.is_floating_point()}
     args: dict[str, Any] = dict(tensors)
     for name, tensor in tensors.items():
         args |= {f"st_{name}_{n}": stride for n, stride in enumerate(tensor.stride())}
     program = tile_program(nest)
     args |= {f"s_{rank}": sizes[rank] for rank in runtime_sizes(program)}
-    args |= _device_lists(tile_classes(nest, sizes, ids), nest, sizes, device)
+    tiles = tile_classes(nest, sizes, _mask_data(nest, tensors))
+    args |= _device_lists(tiles, nest, sizes, device)
     # A hoisted key loop runs once per grid point, whose program then walks the query tiles.
     query_tiles = 1 if nest.hoisted else -(-sizes[nest.rank_of(nest.query)] // config.query_tile)
     grid_points = int(np.prod([sizes[nest.rank_of(g)] for g in nest.grid], dtype=np.int64))
@@ -219,21 +220,38 @@ def _dtype(name: str, dtype: torch.dtype) -> DType:
     return found
 
 
+def _mask_data(nest: Schedule, tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """What the tile classifier reads, on the CPU: ids, and the tables the block-sparse mask
+    reads (head weights may be floating-point)."""
+    read = set()
+    if nest.sparse is not None:
+        read = set(tensors_read(sparse_mask(nest.cascade, nest.sparse)[0]))
+    return {
+        n: t.detach().float().cpu().numpy() if t.is_floating_point() else t.detach().cpu().numpy()
+        for n, t in tensors.items()
+        if n in read or not t.is_floating_point()
+    }
+
+
 def _device_lists(
     classes: TileMap, nest: Schedule, sizes: Mapping[str, int], device: torch.device
 ) -> dict[str, Any]:
-    """The tile lists as int32 tensors. The last key tile of a ragged key rank is never FULL
-    here: FULL tiles skip bounds checks."""
-    lists = TileLists.of(classes.classes)
+    """The tile lists as int32 tensors, one list per (grid point, query tile) where the mask
+    reads grid indices, else one per query tile shared by the grid (`tiles_per_point` 0).
+    The last key tile of a ragged key rank is never FULL here: FULL tiles skip bounds checks."""
+    per_point = grid_classes(classes, nest, sizes)
+    lists = TileLists.of(per_point)
     full = lists.full.copy()
     if sizes[nest.key.rank] % sizes[nest.key.inner]:
         full &= lists.indices != sizes[nest.key.outer] - 1
-    indices = np.ascontiguousarray(lists.indices, dtype=np.int32)
+    rows, query_tiles, key_tiles = per_point.shape
+    indices = np.ascontiguousarray(lists.indices, dtype=np.int32).reshape(-1, key_tiles)
     return {
-        "tile_counts": torch.as_tensor(lists.counts.astype(np.int32), device=device),
+        "tile_counts": torch.as_tensor(lists.counts.astype(np.int32).ravel(), device=device),
         "tile_indices": torch.as_tensor(indices, device=device),
-        "tile_full": torch.as_tensor(full.astype(np.int32), device=device),
-        "tiles_stride": indices.shape[1],
+        "tile_full": torch.as_tensor(full.astype(np.int32).reshape(-1, key_tiles), device=device),
+        "tiles_stride": key_tiles,
+        "tiles_per_point": query_tiles if rows > 1 else 0,
     }
 
 
