@@ -232,11 +232,15 @@ def _any_over(holds: np.ndarray, spans: list[Interval]) -> np.ndarray:
     summed = holds.astype(np.int64)
     for axis in range(lead, holds.ndim):
         summed = summed.cumsum(axis)
-    table[(Ellipsis, *(slice(1, None) for _ in spans))] = summed
+    inner: tuple[Any, ...] = (Ellipsis, *(slice(1, None) for _ in spans))
+    table[inner] = summed
     total: np.ndarray = np.zeros((), np.int64)
     # Inclusion-exclusion over the box's 2**k corners.
     for corner in itertools.product((0, 1), repeat=k):
-        picks = tuple(hi + 1 if c else lo for c, (lo, hi) in zip(corner, spans, strict=True))
+        picks: tuple[Any, ...] = (
+            Ellipsis,
+            *(hi + 1 if c else lo for c, (lo, hi) in zip(corner, spans, strict=True)),
+        )
         sign = 1 if (k - sum(corner)) % 2 == 0 else -1
-        total = total + sign * table[(Ellipsis, *picks)]
+        total = total + sign * table[picks]
     return total > 0
