@@ -1,6 +1,6 @@
 """Analyses: pure functions from a cascade to facts about it (pass lower bound, symbolic cost,
-live footprint, the dependency graph as DOT, tile classification of masks). Nothing here
-changes a cascade."""
+live footprint, the dependency graph as DOT, tile classification of masks, the query and
+softmax's keys). Nothing here changes a cascade."""
 
 from attncc.analysis.block_sparse import (
     density_symbol,
@@ -20,6 +20,7 @@ from attncc.analysis.passes import (
     default_ranks,
 )
 from attncc.analysis.report import Analysis, analyze, format_report, max_passes, report_json
+from attncc.analysis.roles import key_ranks, query_index, reduced_ranks, softmax_keys
 from attncc.analysis.sparsity import classify_tiles
 from attncc.analysis.tile_map import BlockLists, BlockMask, TileClass, TileMap
 
@@ -48,8 +49,12 @@ __all__ = [
     "evaluate",
     "footprint",
     "format_report",
+    "key_ranks",
     "max_passes",
+    "query_index",
+    "reduced_ranks",
     "report_json",
+    "softmax_keys",
     "sparse_mask",
     "tile_count_formula",
     "tile_map",

@@ -59,14 +59,8 @@ from attncc.ir import (
 )
 from attncc.passes.base import CascadePass, PassResult
 from attncc.passes.names import fresh_name, taken_names
-from attncc.passes.reassociate import (
-    ScoreSum,
-    is_contraction,
-    nonlinearities,
-    score_sums,
-    state_name,
-)
 from attncc.passes.registry import register
+from attncc.passes.score_sums import Found, ScoreSum, rewrite_score_sums
 
 
 @register
@@ -80,29 +74,19 @@ class ChunkCausal(CascadePass):
     def apply(self, cascade: Cascade) -> PassResult:
         if self.tile < 1:
             raise PassError(f"chunk-causal: tile={self.tile} must be a positive integer")
-        remarks: list[str] = []
-        original = cascade
-        for name in [e.tensor for e in cascade.einsums if is_contraction(e)]:
-            scores = cascade.writer(name)  # as rewritten so far
-            if scores is None or not is_contraction(scores):
-                continue
-            found = score_sums(cascade, scores)
-            if not found:
-                continue
-            causal = _causal(cascade, scores)
-            if isinstance(causal, str):
-                remarks.append(f"{scores.tensor} kept: {causal}")
-                continue
-            splits = [f for f in found if isinstance(f, ScoreSum)]
-            refusal = next((f for f in found if isinstance(f, str)), None)
-            refusal = refusal or _refusal(cascade, scores, splits, *causal)
-            if refusal is not None:
-                remarks.append(f"{scores.tensor} kept: {refusal}")
-                continue
-            cascade = _Chunking(cascade, scores, splits, *causal, self.tile).apply()
-        if not remarks and cascade == original:
-            remarks += nonlinearities(cascade) or ["no sum over keys reads a sum of products"]
-        return PassResult(cascade, tuple(dict.fromkeys(remarks)))
+        return rewrite_score_sums(cascade, self._chunked)
+
+    def _chunked(self, cascade: Cascade, scores: Einsum, found: Found) -> Cascade | str:
+        """`cascade` with the causal `scores` and their sums chunked, or why they stay."""
+        causal = _causal(cascade, scores)
+        if isinstance(causal, str):
+            return f"{scores.tensor} kept: {causal}"
+        splits = [f for f in found if isinstance(f, ScoreSum)]
+        refusal = next((f for f in found if isinstance(f, str)), None)
+        refusal = refusal or _refusal(cascade, scores, splits, *causal)
+        if refusal is not None:
+            return f"{scores.tensor} kept: {refusal}"
+        return _Chunking(cascade, scores, splits, *causal, self.tile).apply()
 
 
 def _causal(cascade: Cascade, scores: Einsum) -> tuple[str, str] | str:
@@ -224,7 +208,7 @@ class _Chunking:
     def _sum(self, split: ScoreSum, intra: Einsum) -> list[Einsum]:
         consumer = split.consumer
         state_vars = tuple(index_symbol(v) for v in split.state_vars)
-        base = state_name(split, consumer)
+        base = split.state_name
         local_name = fresh_name(f"L{base}", self.taken)
         running = fresh_name(f"R{base}", self.taken)
         # L[.., m1] = sum_m0 B * X at m = m1*M0 + m0; R[.., m1+1] = R[.., m1] + L[.., m1]

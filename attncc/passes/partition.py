@@ -12,11 +12,11 @@ keep their layout and read tiled temporaries at (m // M0, m % M0).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import sympy
 
+from attncc.analysis import key_ranks, reduced_ranks, softmax_keys
 from attncc.errors import PassError
 from attncc.ir import (
     Access,
@@ -29,7 +29,6 @@ from attncc.ir import (
     TensorDecl,
     format_index,
     index_symbol,
-    index_vars,
     replace_accesses,
     size_symbol,
     substitute,
@@ -42,13 +41,12 @@ from attncc.passes.registry import register
 @register
 @dataclass(frozen=True)
 class PartitionRank(CascadePass):
-    """`rank`: the rank to tile (default: every rank some Einsum max-reduces, i.e. each
-    softmax's; failing that, the ranks only sums without the query index reduce (the last
-    index of the first output), the key rank of reassociated linear attention, whose sum of
-    phi(K)^T V serves every query; failing that, the ranks the outputs reduce over, the key
-    rank of attention without normalization such as sigmoid attention; failing that, the ranks
-    reduced by the sums an output is computed from elementwise, the key rank of normalized
-    linear attention, AV = QKV / QKS); `tile`: its tile size."""
+    """`rank`: the rank to tile (default: each softmax's key, `softmax_keys`: a rank whose max
+    feeds exp(x - max), summed over it and contracted along it with values, so MoH's key M and
+    not the heads its router maxes over; failing that, a softmax without values (its max and
+    sum are outputs); a cascade that max-reduces with no exp(x - max) summed over the same
+    rank is left whole and asks for a rank. Without a max, linear attention's key rank,
+    `key_ranks`); `tile`: its tile size."""
 
     name = "partition"
     rank: str | None = None
@@ -58,10 +56,8 @@ class PartitionRank(CascadePass):
         if self.tile < 1:
             raise PassError(f"partition: tile={self.tile} must be a positive integer")
         ranks = [self.rank] if self.rank else _default_ranks(cascade)
-        if not ranks:
-            return PassResult(
-                cascade, ("no rank is max-reduced or reduced by an output; name one with rank=...",)
-            )
+        if isinstance(ranks, str):
+            return PassResult(cascade, (ranks,))
         remarks = []
         for name in ranks:
             if cascade.rank(name) is None:
@@ -75,59 +71,29 @@ class PartitionRank(CascadePass):
         return PassResult(cascade, tuple(remarks))
 
 
-def _default_ranks(cascade: Cascade) -> list[str]:
-    maxed = _reduced_ranks(cascade, lambda e: e.reduce is ReduceOp.MAX)
+_NO_RANK = "no rank is max-reduced or reduced by an output; name one with rank=..."
+
+
+def _default_ranks(cascade: Cascade) -> list[str] | str:
+    """The ranks to tile (PartitionRank's docstring), or why there are none."""
+    keys = softmax_keys(cascade)
+    if keys:
+        return keys
+    maxed = reduced_ranks(cascade, lambda e: e.reduce is ReduceOp.MAX)
+    tiled = {name for p in cascade.partitions for name in (p.rank, p.outer, p.inner)}
+    if maxed and not set(maxed) <= tiled:
+        return (
+            f"no rank is a softmax key (max-reduced: {', '.join(maxed)}; no max among them "
+            "feeds exp(x - max) summed over its own rank); name the rank to tile with rank=..."
+        )
     if maxed:
+        # A one-pass cascade: its max runs over the key tiles already; say so per rank.
         return maxed
-    outputs = set(cascade.output_names())
-    by_outputs = _reduced_ranks(cascade, lambda e: e.tensor in outputs)
     if cascade.partitions:
         # The rules for linear attention look for its key rank; here it is tiled already.
-        return by_outputs
-    return (
-        _shared_totals(cascade)
-        or by_outputs
-        or _reduced_ranks(cascade, lambda e: e.tensor in _read_elementwise(cascade, outputs))
-    )
-
-
-def _shared_totals(cascade: Cascade) -> list[str]:
-    """Ranks that only sums without the query index reduce: totals shared by every query."""
-    output = cascade.writer(cascade.outputs[0].name)
-    assert output is not None, "verified cascades write their outputs"
-    query = next((v for i in reversed(output.indices) for v in sorted(index_vars(i))), None)
-    if query is None:
-        return []
-    sums = [e for e in cascade.einsums if e.reduce is ReduceOp.SUM and e.reduced]
-    per_query = _reduced_ranks(cascade, lambda e: e in sums and query in e.lhs_vars)
-    shared = _reduced_ranks(cascade, lambda e: e in sums and query not in e.lhs_vars)
-    return [rank for rank in shared if rank not in per_query]
-
-
-def _read_elementwise(cascade: Cascade, outputs: set[str]) -> set[str]:
-    """The tensors the outputs read through Einsums that reduce nothing (QKV and QKS for
-    AV = QKV / QKS)."""
-    found: set[str] = set()
-    todo = sorted(outputs)
-    while todo:
-        writer = cascade.writer(todo.pop())
-        if writer is None or writer.reduced:
-            continue
-        fresh = writer.reads - found
-        found |= fresh
-        todo += sorted(fresh)
-    return found
-
-
-def _reduced_ranks(cascade: Cascade, chosen: Callable[[Einsum], bool]) -> list[str]:
-    names = []
-    for einsum in cascade.einsums:
-        if chosen(einsum):
-            for var in sorted(einsum.reduced):
-                rank = cascade.rank_of_index(var)
-                if rank is not None and rank.name not in names:
-                    names.append(rank.name)
-    return names
+        outputs = set(cascade.output_names())
+        return reduced_ranks(cascade, lambda e: e.tensor in outputs) or _NO_RANK
+    return key_ranks(cascade) or _NO_RANK
 
 
 def _tile_names(rank: str) -> tuple[str, str]:
