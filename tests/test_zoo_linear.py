@@ -315,7 +315,8 @@ def test_zoo_names_both_builders_for_the_loader() -> None:
     ("options", "message"),
     [
         ({"feature_map": "cosine"}, "choose one of elu1, relu, identity, hedgehog"),
-        ({"feature_dim": 4}, "feature_dim is Hedgehog's projection size"),
+        ({"feature_dim": 4}, "feature_dim and feature_bias are Hedgehog's"),
+        ({"feature_bias": True, "feature_map": "relu"}, "relu has no projection"),
         ({"gqa_group": 0}, "gqa_group must be a positive integer"),
     ],
 )

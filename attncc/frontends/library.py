@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from attncc.frontends.builder import (
     CascadeBuilder,
@@ -70,52 +69,92 @@ class ScoreMod:
 
 
 @dataclass(frozen=True)
-class _Attention:
-    """The declarations shared by every attention cascade: ranks, Q, K, V and the output,
-    the score modification's inputs (BIAS, REL) and the mask.
+class Heads:
+    """Head indices: `query` index query-side tensors (b, h), `kv` key/value tensors by their
+    own head ranks (b, g), and `read` key/value tensors from a query head's point of view
+    (b, h//R under GQA, the same as `kv` otherwise). All empty without head ranks."""
 
-    `kv_heads` index key/value tensors by their own head ranks (b, g); `kv_read` reads them
-    from a query head's point of view (b, h//R under GQA, the same as `kv_heads` otherwise).
-    """
+    query: tuple[Index, ...] = ()
+    kv: tuple[Index, ...] = ()
+    read: tuple[Index, ...] = ()
+
+
+def declare_heads(
+    b: CascadeBuilder,
+    *,
+    batch: Index | None,
+    heads: str = "H",
+    groups: str = "G",
+    gqa_group: int | None = None,
+) -> Heads:
+    """Declare query heads `heads` and, under GQA (`gqa_group` query heads per key/value head;
+    MQA is a single group, G = 1), key/value groups `groups` first (H = R*G); `batch` leads
+    every head tuple when given."""
+    lead = () if batch is None else (batch,)
+    if gqa_group is None:
+        h = b.rank(heads)
+        return Heads((*lead, h), (*lead, h), (*lead, h))
+    if isinstance(gqa_group, bool) or not isinstance(gqa_group, int) or gqa_group < 1:
+        raise ValueError(f"gqa_group must be a positive integer, got {gqa_group!r}")
+    g = b.rank(groups)
+    h = b.rank(heads, gqa_group * b.size(groups))
+    return Heads((*lead, h), (*lead, g), (*lead, h // gqa_group))
+
+
+@dataclass(frozen=True)
+class AttentionFrame:
+    """What one attention reads, in `builder`: Q[*query heads, e, p], K[*kv heads, e, m],
+    V[*kv heads, f, m], the score modification `mod` with its inputs (BIAS, REL), and the
+    mask: key m hidden from query p where `mask` (over m and p) is false, and unless m <= p
+    when `causal`. `attention_frame` declares a whole cascade's; a cascade holding more than
+    one attention (attncc.frontends.zoo) builds one per attention in the same builder."""
 
     builder: CascadeBuilder
+    heads: Heads
     q: TensorRef
     k: TensorRef
     v: TensorRef
-    query_heads: tuple[Index, ...]
-    kv_heads: tuple[Index, ...]
-    kv_read: tuple[Index, ...]
     e: Index
     f: Index
     m: Index
     p: Index
-    scale: float | None
-    mod: ScoreMod
-    bias: TensorRef | None
-    rel: TensorRef | None
-    causal: bool
-    mask: Expr | None
+    scale: float | None = None
+    mod: ScoreMod = ScoreMod()
+    bias: TensorRef | None = None
+    rel: TensorRef | None = None
+    causal: bool = False
+    mask: Expr | None = None
 
     def scores(self, key: Value) -> Value:
         """Q·K scaled: by `scale`, or by 1/sqrt(E) when no scale is given."""
-        product = self.q[(*self.query_heads, self.e, self.p)] * key
+        product = self.q[(*self.heads.query, self.e, self.p)] * key
         if self.scale is None:
             return product * rsqrt(self.builder.size("E"))
         return product if self.scale == 1.0 else product * self.scale
 
     def emit_scores(
-        self, names: tuple[str, str], tiles: tuple[Index, ...], key: Index, k: Value
+        self,
+        names: tuple[str, str],
+        tiles: tuple[Index, ...],
+        key: Index,
+        k: Value,
+        also: Value | None = None,
     ) -> TensorRef:
         """The scores `names[0]`[*heads, *tiles, p] = scores(k), for keys at position `key`
         (m, or m1*M0 + m0 over key tiles); when `mod` changes them, the modified and masked
-        scores `names[1]`, else `names[0]` masked. Returns the tensor the softmax reads.
+        scores `names[1]`, else `names[0]` masked. `also` hides more keys: a predicate over
+        the scores' iteration space (a block table the cascade computes). Returns the tensor
+        the softmax reads.
 
         The modification is an Einsum of its own because Q·K sums over e: the bias terms and
         tanh apply once to the sum, not to each product."""
-        h, p = self.query_heads, self.p
-        masking = _masked(self.causal, self.mask, key, p)
+        h, p = self.heads.query, self.p
+        where = causal_filter(self.causal, self.mask, key, p, also)
+        fill = None if where is None else -math.inf
         if not self.mod.changes_scores:
-            return self.builder.let(names[0], [*h, *tiles, p], self.scores(k), **masking)
+            return self.builder.let(
+                names[0], [*h, *tiles, p], self.scores(k), where=where, fill=fill
+            )
         raw = self.builder.let(names[0], [*h, *tiles, p], self.scores(k))
         s = raw[(*h, *tiles, p)]
         if self.mod.alibi:
@@ -126,12 +165,12 @@ class _Attention:
             s = s + self.rel[(*self._head, key - p + self.builder.size("P") - 1)]
         if self.mod.softcap is not None:
             s = self.mod.softcap * tanh(s / self.mod.softcap)
-        return self.builder.let(names[1], [*h, *tiles, p], s, **masking)
+        return self.builder.let(names[1], [*h, *tiles, p], s, where=where, fill=fill)
 
     @property
     def _head(self) -> tuple[Index, ...]:
         """The query head index (h), or nothing without head ranks."""
-        return self.query_heads[1:]
+        return self.heads.query[1:]
 
     def _alibi_slope(self) -> Value:
         """ALiBi's slope of query head h, 2^(-8 (h+1) / H), from h's coordinate."""
@@ -139,38 +178,29 @@ class _Attention:
         return exp2(-8.0 * (h + 1).value() / self.builder.size("H").value())
 
     def out(self, *indices: Index) -> tuple[Index, ...]:
-        return (*self.query_heads, *indices)
+        return (*self.heads.query, *indices)
 
 
-def _attention(
+def attention_frame(
     name: str,
     *,
-    head_dim: int | None,
-    value_dim: int | None,
-    scale: float | None,
-    batched: bool,
-    gqa_group: int | None,
-    causal: bool,
-    mask: Expr | None,
-    score: ScoreMod | None,
-) -> _Attention:
+    head_dim: int | None = None,
+    value_dim: int | None = None,
+    scale: float | None = None,
+    batched: bool = False,
+    gqa_group: int | None = None,
+    causal: bool = False,
+    mask: Expr | None = None,
+    score: ScoreMod | None = None,
+) -> AttentionFrame:
+    """A new cascade `name` with one attention's declarations (module docstring): batch and
+    head ranks when `batched` or under GQA, E, F, M, P, the inputs Q, K, V, the mask's id
+    tensors, BIAS and REL for `score`, and the output AV[*query heads, f, p]."""
     mod = score or ScoreMod()
     b = CascadeBuilder(name)
-    query_heads: tuple[Index, ...] = ()
-    kv_heads: tuple[Index, ...] = ()
-    kv_read: tuple[Index, ...] = ()
+    heads = Heads()
     if batched or gqa_group is not None:
-        batch = b.rank("B")
-        if gqa_group is None:
-            heads = b.rank("H")
-            query_heads = kv_heads = kv_read = (batch, heads)
-        else:
-            if gqa_group < 1:
-                raise ValueError(f"gqa_group must be a positive integer, got {gqa_group}")
-            groups = b.rank("G")
-            heads = b.rank("H", gqa_group * b.size("G"))
-            query_heads, kv_heads = (batch, heads), (batch, groups)
-            kv_read = (batch, heads // gqa_group)
+        heads = declare_heads(b, batch=b.rank("B"), gqa_group=gqa_group)
     elif mod.alibi:
         raise ValueError(
             "ALiBi gives each query head its own slope, and this cascade has no head rank: "
@@ -178,37 +208,19 @@ def _attention(
         )
     e, f = b.rank("E", head_dim), b.rank("F", value_dim)
     m, p = b.rank("M"), b.rank("P")
-    q = b.input("Q", [*query_heads, e, p])
-    k = b.input("K", [*kv_heads, e, m])
-    v = b.input("V", [*kv_heads, f, m])
+    q = b.input("Q", [*heads.query, e, p])
+    k = b.input("K", [*heads.kv, e, m])
+    v = b.input("V", [*heads.kv, f, m])
     for tensor, position in _mask_ids(mask, {"m": m, "p": p}).items():
         b.input(tensor, [position], DType.I32)
-    bias = b.input("BIAS", [*query_heads, p, m]) if mod.bias else None
+    bias = b.input("BIAS", [*heads.query, p, m]) if mod.bias else None
     rel = None
     if mod.rel_bias:
         # One entry per offset m - p, from -(P - 1) to M - 1.
         r = b.rank("R", b.size("M") + b.size("P") - 1)
-        rel = b.input("REL", [*query_heads[1:], r])
-    b.output("AV", [*query_heads, f, p])
-    return _Attention(
-        builder=b,
-        q=q,
-        k=k,
-        v=v,
-        query_heads=query_heads,
-        kv_heads=kv_heads,
-        kv_read=kv_read,
-        e=e,
-        f=f,
-        m=m,
-        p=p,
-        scale=scale,
-        mod=mod,
-        bias=bias,
-        rel=rel,
-        causal=causal,
-        mask=mask,
-    )
+        rel = b.input("REL", [*heads.query[1:], r])
+    b.output("AV", [*heads.query, f, p])
+    return AttentionFrame(b, heads, q, k, v, e, f, m, p, scale, mod, bias, rel, causal, mask)
 
 
 def _mask_ids(mask: Expr | None, positions: dict[str, Index]) -> dict[str, Index]:
@@ -228,17 +240,44 @@ def _mask_ids(mask: Expr | None, positions: dict[str, Index]) -> dict[str, Index
     return found
 
 
-def _masked(causal: bool, mask: Expr | None, key: Index, query: Index) -> dict[str, Any]:
-    """The `let` options that hide key `key` from query `query` where `mask` (a predicate
-    over key position m and query position p, see attncc.frontends.masks) is false, and
-    unless key <= query when `causal`."""
+def causal_filter(
+    causal: bool, mask: Expr | None, key: Index, query: Index, also: Value | None = None
+) -> Value | None:
+    """Where key `key` is visible to query `query`: key <= query when `causal`, and `mask` (a
+    predicate over key position m and query position p, see attncc.frontends.masks) and
+    `also` (over the caller's indices) where given; None when every key is visible."""
     conditions = [substitute(mask, {"m": key.expr, "p": query.expr})] if mask is not None else []
     if causal:
         conditions.insert(0, (key <= query).expr)
+    if also is not None:
+        conditions.append(also.expr)
     if not conditions:
-        return {}
-    where = conditions[0] if len(conditions) == 1 else Call("and", tuple(conditions))
-    return {"where": Value(where), "fill": -math.inf}
+        return None
+    return Value(conditions[0] if len(conditions) == 1 else Call("and", tuple(conditions)))
+
+
+def softmax_3pass(
+    frame: AttentionFrame, *, output: str = "AV", suffix: str = "", also: Value | None = None
+) -> TensorRef:
+    """FuseMax Cascade 4 into `frame`'s builder, writing `output`[*query heads, f, p]:
+
+        QK[m,p] = Q[e,p] * K[e,m] * scale     where visible else -inf  (S when modified)
+        GM[p]   = max(m) QK[m,p]
+        SN[m,p] = exp(QK[m,p] - GM[p])
+        SD[p]   = SN[m,p]
+        A[m,p]  = SN[m,p] / SD[p]
+        AV[f,p] = A[m,p] * V[f,m]
+
+    Temporaries are named as above plus `suffix` (one attention of several in a cascade);
+    `also` hides more keys (see AttentionFrame.emit_scores)."""
+    b, h, r, f, m, p = frame.builder, frame.heads.query, frame.heads.read, frame.f, frame.m, frame.p
+    names = (f"QK{suffix}", f"S{suffix}")
+    S = frame.emit_scores(names, (m,), m, frame.k[(*r, frame.e, m)], also)
+    GM = b.let(f"GM{suffix}", [*h, p], S[(*h, m, p)], reduce="max")
+    SN = b.let(f"SN{suffix}", [*h, m, p], exp(S[(*h, m, p)] - GM[(*h, p)]))
+    SD = b.let(f"SD{suffix}", [*h, p], SN[(*h, m, p)])
+    A = b.let(f"A{suffix}", [*h, m, p], SN[(*h, m, p)] / SD[(*h, p)])
+    return b.let(output, frame.out(f, p), A[(*h, m, p)] * frame.v[(*r, f, m)])
 
 
 def attention_3pass(
@@ -256,7 +295,7 @@ def attention_3pass(
     """Softmax attention as written (FuseMax Cascade 4): max, then exp and sum, then divide.
     `score` modifies the scores (see ScoreMod); `lse` adds the output LSE[*heads, p], the
     log-sum-exp of each query's scores (what a backward pass or a split-KV merge needs)."""
-    a = _attention(
+    a = attention_frame(
         "attention_3pass",
         head_dim=head_dim,
         value_dim=value_dim,
@@ -267,16 +306,10 @@ def attention_3pass(
         mask=mask,
         score=score,
     )
-    b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
-    S = a.emit_scores(("QK", "S"), (m,), m, a.k[(*hk, e, m)])
-    GM = b.let("GM", [*h, p], S[(*h, m, p)], reduce="max")
-    SN = b.let("SN", [*h, m, p], exp(S[(*h, m, p)] - GM[(*h, p)]))
-    SD = b.let("SD", [*h, p], SN[(*h, m, p)])
-    A = b.let("A", [*h, m, p], SN[(*h, m, p)] / SD[(*h, p)])
-    b.let("AV", a.out(f, p), A[(*h, m, p)] * a.v[(*hk, f, m)])
+    softmax_3pass(a)
     if lse:
-        _log_sum_exp(a, GM, SD)
-    return b.build()
+        _log_sum_exp(a)
+    return a.builder.build()
 
 
 def attention_2pass(
@@ -294,7 +327,7 @@ def attention_2pass(
     """Attention with the division deferred past the AV contraction (FlashAttention-2's
     reassociation): F*P divisions instead of M*P, and one pass fewer. `score` and `lse` as
     in attention_3pass."""
-    a = _attention(
+    a = attention_frame(
         "attention_2pass",
         head_dim=head_dim,
         value_dim=value_dim,
@@ -305,7 +338,7 @@ def attention_2pass(
         mask=mask,
         score=score,
     )
-    b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
+    b, h, hk, e, f, m, p = a.builder, a.heads.query, a.heads.read, a.e, a.f, a.m, a.p
     S = a.emit_scores(("QK", "S"), (m,), m, a.k[(*hk, e, m)])
     GM = b.let("GM", [*h, p], S[(*h, m, p)], reduce="max")
     SN = b.let("SN", [*h, m, p], exp(S[(*h, m, p)] - GM[(*h, p)]))
@@ -313,13 +346,14 @@ def attention_2pass(
     SNV = b.let("SNV", [*h, f, p], SN[(*h, m, p)] * a.v[(*hk, f, m)])
     b.let("AV", a.out(f, p), SNV[(*h, f, p)] / SD[(*h, p)])
     if lse:
-        _log_sum_exp(a, GM, SD)
+        _log_sum_exp(a)
     return b.build()
 
 
-def _log_sum_exp(a: _Attention, GM: TensorRef, SD: TensorRef) -> None:
+def _log_sum_exp(a: AttentionFrame) -> None:
     """LSE[*heads, p] = log(sum_m exp(s)) = GM + log(SD), since SD sums exp(s - GM)."""
-    h, p = a.query_heads, a.p
+    h, p = a.heads.query, a.p
+    GM, SD = TensorRef("GM"), TensorRef("SD")
     a.builder.output("LSE", a.out(p))
     a.builder.let("LSE", a.out(p), GM[(*h, p)] + log(SD[(*h, p)]))
 
@@ -341,7 +375,7 @@ def attention_1pass(
     max grows. The last tile may be partial (M need not be a multiple of the tile). Unlike the
     paper's cascade, SLN and PRM are guarded for tiles before the first visible key. `score`
     as in attention_3pass; BIAS is read in tiles, like K and V."""
-    a = _attention(
+    a = attention_frame(
         "attention_1pass",
         head_dim=head_dim,
         value_dim=value_dim,
@@ -352,7 +386,7 @@ def attention_1pass(
         mask=mask,
         score=score,
     )
-    b, h, hk, kv, e, f, p = a.builder, a.query_heads, a.kv_read, a.kv_heads, a.e, a.f, a.p
+    b, h, hk, kv, e, f, p = a.builder, a.heads.query, a.heads.read, a.heads.kv, a.e, a.f, a.p
     m0 = b.rank("M0", tile)
     m1 = b.partition("M", "M1", "M0")
     key = m1 * b.size("M0") + m0
@@ -400,7 +434,7 @@ def attention_sigmoid(
     paper's choice: for scores near 0, sigmoid(s - log M) ~ e^s / M, so the weights sum to
     about 1, as softmax's do). Masked scores are -inf, and sigmoid(-inf) = 0: a hidden key
     adds nothing to AV, as in softmax."""
-    a = _attention(
+    a = attention_frame(
         "attention_sigmoid",
         head_dim=head_dim,
         value_dim=value_dim,
@@ -411,7 +445,7 @@ def attention_sigmoid(
         mask=mask,
         score=score,
     )
-    b, h, hk, e, f, m, p = a.builder, a.query_heads, a.kv_read, a.e, a.f, a.m, a.p
+    b, h, hk, e, f, m, p = a.builder, a.heads.query, a.heads.read, a.e, a.f, a.m, a.p
     S = a.emit_scores(("QK", "S"), (m,), m, a.k[(*hk, e, m)])
     s = S[(*h, m, p)]
     SG = b.let(

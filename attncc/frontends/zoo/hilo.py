@@ -26,9 +26,12 @@ pooling first (the reference interpreter, O(height*width*E)), then each attentio
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from attncc.frontends import masks
-from attncc.frontends.builder import CascadeBuilder, Index, TensorRef, Value
-from attncc.frontends.zoo.softmax import Heads, Operands, declare_heads, softmax_attention
+from attncc.frontends.builder import CascadeBuilder, TensorRef, Value
+from attncc.frontends.library import declare_heads, softmax_3pass
+from attncc.frontends.zoo.softmax import declare_operands
 from attncc.frontends.zoo.stages import Cut, staged
 from attncc.ir import Cascade
 
@@ -53,12 +56,12 @@ def hilo(
     m, p = b.rank("M", height * width), b.rank("P", height * width)
     n = b.rank("N", (height // window) * (width // window))
     sy, sx = b.rank("SY", window), b.rank("SX", window)
-    high = Operands(*_inputs(b, "H", hi, e, f, m, p), e=e, f=f, m=m, p=p)
-    low = Operands(*_inputs(b, "L", lo, e, f, m, p), e=e, f=f, m=n, p=p)
+    high = declare_operands(b, hi, e=e, f=f, m=m, p=p, group="H")
+    low = declare_operands(b, lo, e=e, f=f, m=m, p=p, group="L")
     b.output("AVH", [*hi.query, f, p])
     b.output("AVL", [*lo.query, f, p])
     window_mask = Value(masks.halo_2d((height, width), window, 0))
-    softmax_attention(b, hi, high, output="AVH", suffix="H", mask=window_mask)
+    softmax_3pass(high, output="AVH", suffix="H", also=window_mask)
     # Key n is window (n // W', n % W') of the pooled grid; (sy, sx) a token inside it.
     pooled_width = width // window
     token = ((n // pooled_width) * window + sy) * width + (n % pooled_width) * window + sx
@@ -66,8 +69,8 @@ def hilo(
     share = 1.0 / (window * window)
     for name, source, dim in (("PK", "KL", e), ("PV", "VL", f)):
         b.let(name, [*lo.kv, dim, n], TensorRef(source)[(*lo.kv, dim, token)] * share)
-    pooled = Operands(low.q, TensorRef("PK"), TensorRef("PV"), e=e, f=f, m=n, p=p)
-    softmax_attention(b, lo, pooled, output="AVL", suffix="L")
+    pooled = replace(low, k=TensorRef("PK"), v=TensorRef("PV"), m=n)
+    softmax_3pass(pooled, output="AVL", suffix="L")
     return b.build()
 
 
@@ -76,6 +79,11 @@ def _grid(shape: tuple[int, int] | str, window: int) -> tuple[int, int]:
     against the window."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"hilo: window must be a positive integer, got {window!r}")
+    if window == 1:
+        raise ValueError(
+            "hilo: window 1 has no high frequencies to separate: LITv2 then makes every head "
+            "Lo-Fi (plain attention over all tokens); use window >= 2, or softmax attention"
+        )
     if isinstance(shape, str):
         parts = shape.lower().split("x")
         shape = tuple(int(p) if p.isdigit() else p for p in parts)  # type: ignore[assignment]
@@ -91,17 +99,6 @@ def _grid(shape: tuple[int, int] | str, window: int) -> tuple[int, int]:
                 "windows and pooling tile the image exactly (pad the image)"
             )
     return height, width
-
-
-def _inputs(
-    b: CascadeBuilder, group: str, heads: Heads, e: Index, f: Index, m: Index, p: Index
-) -> tuple[TensorRef, TensorRef, TensorRef]:
-    """Q, K and V of one group of heads: Q`group`[*heads, e, p], K`group`, V`group` over m."""
-    return (
-        b.input(f"Q{group}", [*heads.query, e, p]),
-        b.input(f"K{group}", [*heads.kv, e, m]),
-        b.input(f"V{group}", [*heads.kv, f, m]),
-    )
 
 
 hilo_stages = staged(

@@ -16,8 +16,9 @@ Feature maps: `elu1` (elu(x) + 1, Katharopoulos et al.), `relu`, `identity` (Lig
 Attention, whose activation sits in the projections before it: TransNormerLLM, Qin et al.
 2023) and `hedgehog` (Zhang et al. 2024, "The Hedgehog & the Porcupine"): a learned linear
 map W of D rows per query head and its negation, exponentiated and concatenated,
-phi(x) = [exp(W x), exp(-W x)], over a feature rank J = 2*D. Its projections are inputs:
-WQ[*heads, d, e] for queries and WK[*heads, d, e] for keys.
+phi(x) = [exp(W x + b), exp(-(W x + b))], over a feature rank J = 2*D. Its projections are
+inputs: WQ[*heads, d, e] for queries and WK[*heads, d, e] for keys, and with `feature_bias`
+the biases BQ[*heads, d] and BK[*heads, d] (without it, b = 0).
 
 Causal cascades are self-attention: the query rank is declared as long as the key rank
 (`rank P = M`), which `chunk-causal` relies on (a query's chunk is a key chunk). Under GQA the
@@ -25,19 +26,27 @@ key features are formed per query head, from K read at h//R: the loop nests of t
 backends run per query head, and phi(K) per key/value head would be a value shared between
 programs (Hedgehog's per-head projections need it per query head anyway).
 
-Uses the library's private `_attention` (ranks, Q, K, V, heads, the output) and `_masked`
-(the causal filter), so that heads and GQA follow the library exactly.
+Heads, GQA and the causal filter are the library's (`attention_frame`, `causal_filter`), so
+that they follow the library's cascades exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from attncc.frontends.builder import Index, TensorRef, Value, exp, maximum, select
-from attncc.frontends.library import _Attention, _attention, _masked
+from attncc.frontends.library import AttentionFrame, attention_frame, causal_filter
 from attncc.ir import Cascade, size_symbol, verify
 
 FEATURE_MAPS = ("elu1", "relu", "identity", "hedgehog")
+
+LIGHTNING_DEFAULTS: dict[str, object] = {
+    "feature_map": "identity",
+    "normalize": False,
+    "causal": True,
+}
+"""Where Lightning Attention's options differ from linear_attention's."""
 
 
 def linear_attention(
@@ -48,100 +57,35 @@ def linear_attention(
     head_dim: int | None = None,
     value_dim: int | None = None,
     feature_dim: int | None = None,
+    feature_bias: bool = False,
     batched: bool = False,
     gqa_group: int | None = None,
 ) -> Cascade:
     """Linear attention as written (module docstring). `feature_map` is one of FEATURE_MAPS;
-    `feature_dim` is Hedgehog's D (rows of its projections; symbolic when None); `normalize`
-    False drops the normalizer (Lightning Attention); `causal` hides key m from query p
-    unless m <= p; `batched` and `gqa_group` as in the library's attention cascades."""
-    return _linear(
-        "linear_attention",
-        feature_map=feature_map,
-        normalize=normalize,
-        causal=causal,
-        head_dim=head_dim,
-        value_dim=value_dim,
-        feature_dim=feature_dim,
-        batched=batched,
-        gqa_group=gqa_group,
-    )
-
-
-def lightning_attention(
-    *,
-    feature_map: str = "identity",
-    normalize: bool = False,
-    causal: bool = True,
-    head_dim: int | None = None,
-    value_dim: int | None = None,
-    feature_dim: int | None = None,
-    batched: bool = False,
-    gqa_group: int | None = None,
-) -> Cascade:
-    """Lightning Attention's cascade (Qin et al. 2024, Lightning Attention-1 and -2): causal
-    linear attention without normalization, AV[f,p] = sum_{m <= p} (Q[.,p]·K[.,m]) V[f,m].
-    Lightning Attention-1 computes it as tiles of this quadratic form (what the tiled backends
-    run); Lightning Attention-2 splits it into chunks, a quadratic part inside each chunk and
-    a running state across them (the `chunk-causal` pass). Options as in linear_attention."""
-    return _linear(
-        "lightning_attention",
-        feature_map=feature_map,
-        normalize=normalize,
-        causal=causal,
-        head_dim=head_dim,
-        value_dim=value_dim,
-        feature_dim=feature_dim,
-        batched=batched,
-        gqa_group=gqa_group,
-    )
-
-
-def _linear(
-    name: str,
-    *,
-    feature_map: str,
-    normalize: bool,
-    causal: bool,
-    head_dim: int | None,
-    value_dim: int | None,
-    feature_dim: int | None,
-    batched: bool,
-    gqa_group: int | None,
-) -> Cascade:
+    `feature_dim` is Hedgehog's D (rows of its projections; symbolic when None) and
+    `feature_bias` adds Hedgehog's bias b; `normalize` False drops the normalizer (Lightning
+    Attention); `causal` hides key m from query p unless m <= p; `batched` and `gqa_group`
+    as in the library's attention cascades."""
     if feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map {feature_map!r}: choose one of {', '.join(FEATURE_MAPS)}")
-    if feature_dim is not None and feature_map != "hedgehog":
-        raise ValueError(f"feature_dim is Hedgehog's projection size; {feature_map} has none")
-    a = _attention(
-        name,
+    if (feature_dim is not None or feature_bias) and feature_map != "hedgehog":
+        raise ValueError(
+            f"feature_dim and feature_bias are Hedgehog's projection size and bias; "
+            f"{feature_map} has no projection"
+        )
+    a = attention_frame(
+        "linear_attention",
         head_dim=head_dim,
         value_dim=value_dim,
         scale=1.0,
         batched=batched,
         gqa_group=gqa_group,
-        causal=False,
-        mask=None,
-        score=None,
     )
-    b, h, hk, f, m, p = a.builder, a.query_heads, a.kv_read, a.f, a.m, a.p
-    if feature_map == "hedgehog":
-        d = b.rank("D", feature_dim)
-        j = b.rank("J", 2 * b.size("D"))
-        WQ, WK = b.input("WQ", [*h[1:], d, a.e]), b.input("WK", [*h[1:], d, a.e])
-        FQ = _hedgehog(a, "Q", WQ, a.q[(*h, a.e, p)], p, j)
-        FK = _hedgehog(a, "K", WK, a.k[(*hk, a.e, m)], m, j)
-        features = FQ[(*h, j, p)] * FK[(*h, j, m)]
-    elif feature_map == "identity":
-        features = a.q[(*h, a.e, p)] * a.k[(*hk, a.e, m)]
-    else:
-        FQ = b.let("FQ", [*h, a.e, p], _elementwise(feature_map, a.q[(*h, a.e, p)]))
-        FK = b.let("FK", [*h, a.e, m], _elementwise(feature_map, a.k[(*hk, a.e, m)]))
-        features = FQ[(*h, a.e, p)] * FK[(*h, a.e, m)]
+    b, h, hk, f, m, p = a.builder, a.heads.query, a.heads.read, a.f, a.m, a.p
+    features = _features(a, feature_map, feature_dim, feature_bias)
     # The masked point is a zero weight (0 is the sum's default fill): nothing of key m
     # reaches query p, where softmax attention's -inf becomes 0 through exp.
-    masking = {**_masked(causal, None, m, p), "fill": None} if causal else {}
-    QK = b.let("QK", [*h, m, p], features, **masking)
+    QK = b.let("QK", [*h, m, p], features, where=causal_filter(causal, None, m, p))
     if normalize:
         QKV = b.let("QKV", [*h, f, p], QK[(*h, m, p)] * a.v[(*hk, f, m)])
         QKS = b.let("QKS", [*h, p], QK[(*h, m, p)])
@@ -150,6 +94,39 @@ def _linear(
         b.let("AV", a.out(f, p), QK[(*h, m, p)] * a.v[(*hk, f, m)])
     cascade = b.build()
     return _self_attention(cascade) if causal else cascade
+
+
+def lightning_attention(**options: Any) -> Cascade:
+    """Lightning Attention's cascade (Qin et al. 2024, Lightning Attention-1 and -2): causal
+    linear attention without normalization, AV[f,p] = sum_{m <= p} (Q[.,p]·K[.,m]) V[f,m].
+    Lightning Attention-1 computes it as tiles of this quadratic form (what the tiled backends
+    run); Lightning Attention-2 splits it into chunks, a quadratic part inside each chunk and
+    a running state across them (the `chunk-causal` pass). Options as in linear_attention,
+    with LIGHTNING_DEFAULTS for those not given."""
+    cascade = linear_attention(**{**LIGHTNING_DEFAULTS, **options})
+    return replace(cascade, name="lightning_attention")
+
+
+def _features(
+    a: AttentionFrame, feature_map: str, feature_dim: int | None, feature_bias: bool
+) -> Value:
+    """phi(Q)·phi(K) at (heads, m, p): Q·K itself for `identity`, else through the feature
+    Einsums FQ and FK (Hedgehog's from its projections HQ and HK)."""
+    b, h, hk, e, m, p = a.builder, a.heads.query, a.heads.read, a.e, a.m, a.p
+    if feature_map == "identity":
+        return a.q[(*h, e, p)] * a.k[(*hk, e, m)]
+    if feature_map != "hedgehog":
+        FQ = b.let("FQ", [*h, e, p], _elementwise(feature_map, a.q[(*h, e, p)]))
+        FK = b.let("FK", [*h, e, m], _elementwise(feature_map, a.k[(*hk, e, m)]))
+        return FQ[(*h, e, p)] * FK[(*h, e, m)]
+    d = b.rank("D", feature_dim)
+    j = b.rank("J", 2 * b.size("D"))
+    WQ, WK = b.input("WQ", [*h[1:], d, e]), b.input("WK", [*h[1:], d, e])
+    BQ = b.input("BQ", [*h[1:], d]) if feature_bias else None
+    BK = b.input("BK", [*h[1:], d]) if feature_bias else None
+    FQ = _hedgehog(a, "Q", (WQ, BQ), a.q[(*h, e, p)], p, j)
+    FK = _hedgehog(a, "K", (WK, BK), a.k[(*hk, e, m)], m, j)
+    return FQ[(*h, j, p)] * FK[(*h, j, m)]
 
 
 def _elementwise(feature_map: str, x: Value) -> Value:
@@ -161,12 +138,21 @@ def _elementwise(feature_map: str, x: Value) -> Value:
 
 
 def _hedgehog(
-    a: _Attention, side: str, W: TensorRef, x: Value, position: Index, j: Index
+    a: AttentionFrame,
+    side: str,
+    weights: tuple[TensorRef, TensorRef | None],
+    x: Value,
+    position: Index,
+    j: Index,
 ) -> TensorRef:
-    """phi(x)[j] = exp(+-(W x)[j % D]): the first D features exp(W x), the next D exp(-W x)."""
-    b, h = a.builder, a.query_heads
-    projected = b.let(f"H{side}", [*h, j, position], W[(*h[1:], j % b.size("D"), a.e)] * x)
+    """phi(x)[j] = exp(+-(W x + b)[j % D]): the first D features exp(W x + b), the next D
+    exp(-(W x + b)). The bias joins after the sum over e (HQ sums W x), in the exponent."""
+    b, h = a.builder, a.heads.query
+    (W, B), row = weights, j % b.size("D")
+    projected = b.let(f"H{side}", [*h, j, position], W[(*h[1:], row, a.e)] * x)
     Wx = projected[(*h, j, position)]
+    if B is not None:
+        Wx = Wx + B[(*h[1:], row)]
     return b.let(f"F{side}", [*h, j, position], exp(select(j < b.size("D"), Wx, -Wx)))
 
 

@@ -4,7 +4,10 @@ blocks it attends, and the attention reads that choice as a block-table mask.
 This is the routing of BiFormer (Zhu et al. 2023, bi-level routing attention: region queries
 and keys are the means of their tokens, region affinity Q_r K_r^T over all channels, top-k key
 regions per query region, then token attention inside the chosen regions) on 1-D blocks of
-`block` tokens (2-D regions are 1-D blocks once the `reorder` pass has made them contiguous).
+`block` consecutive tokens. BiFormer's regions are S x S windows of an image: they are blocks
+here only if the tokens arrive region-major (the `reorder` pass cannot do it: it permutes
+tensors read at plain positions, and this cascade reads Q and K at i*QB + qb and the table at
+p // 64).
 SeerAttention (a learned gate on pooled Q and K) and SALE (a low-bit estimate of the scores)
 choose blocks the same way per head, from another estimate of the block affinity: `per_head`
 chooses per head from the mean-pooled one; MoA's per-head spans are static masks, and the
@@ -25,8 +28,11 @@ Top-k is not a contraction; it is stated exactly as a count: key block j is kept
 than k blocks beat it (a higher score, or the same score and a lower index, so exactly k are
 kept, ties going to the lower index as a stable sort's would). That costs I*J^2 comparisons,
 against the attention's O(P*M*E), and keeps the whole variant in the IR, the text form and the
-reference interpreter. `causal` (SeerAttention and MoBA on decoders) scores only earlier
-blocks (j < i), keeps the top k of those, always keeps the diagonal block, and masks m <= p.
+reference interpreter. `causal` (SeerAttention on decoders) is self-attention (P = M,
+so that query block i and key block i cover the same tokens): it scores only earlier blocks
+(j < i), keeps the top k of those, always keeps the diagonal block, and masks m <= p. MoBA
+(Lu et al. 2025) gates the same way per query token, not per query block: each query scores
+the key blocks' means; a table per query block stands in for it here.
 
 The cascade holds both stages, so `attncc analyze routing` reports both. The tiled backends run
 it in two (`routing_stages`, see attncc.frontends.zoo.stages): their tile lists come from the
@@ -43,12 +49,13 @@ per sequence, so a batch is one call per sequence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
 from attncc.frontends.builder import CascadeBuilder, Index, TensorRef, Value, minimum, value
-from attncc.frontends.zoo.softmax import Heads, Operands, declare_heads, softmax_attention
+from attncc.frontends.library import AttentionFrame, declare_heads, softmax_3pass
+from attncc.frontends.zoo.softmax import declare_operands
 from attncc.frontends.zoo.stages import Cut, staged
 from attncc.ir import Cascade, DType
 
@@ -65,33 +72,23 @@ def routing(
 ) -> Cascade:
     """Routed block-sparse attention (module docstring): Q[h,e,p], K[g,e,m], V[g,f,m] (g = h
     without `gqa_group`), outputs AV[h,f,p] and the block table BLOCKS[i,j] (BLOCKS[h,i,j]
-    with `per_head`) of `block`-token blocks, `top_k` key blocks per query block."""
+    with `per_head`) of `block`-token blocks, `top_k` key blocks per query block; `causal`
+    is self-attention (rank P = M)."""
     for name, number in (("block", block), ("top_k", top_k)):
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
             raise ValueError(f"routing: {name} must be a positive integer, got {number!r}")
     b = CascadeBuilder("routing")
     heads = declare_heads(b, batch=None, gqa_group=gqa_group)
-    x = Operands(
-        TensorRef("Q"),
-        TensorRef("K"),
-        TensorRef("V"),
-        e=b.rank("E", head_dim),
-        f=b.rank("F", value_dim),
-        m=b.rank("M"),
-        p=b.rank("P"),
-    )
+    e, f, m = b.rank("E", head_dim), b.rank("F", value_dim), b.rank("M")
+    # Causal routing keeps the diagonal block j == i: query block i is key block i.
+    p = b.rank("P", b.size("M") if causal else None)
+    x = replace(declare_operands(b, heads, e=e, f=f, m=m, p=p), causal=causal)
     blocks = _blocks(b, block)
-    b.input("Q", [*heads.query, x.e, x.p])
-    b.input("K", [*heads.kv, x.e, x.m])
-    b.input("V", [*heads.kv, x.f, x.m])
     table = heads.query[-1:] if per_head else ()
     b.output("AV", [*heads.query, x.f, x.p])
     b.output("BLOCKS", [*table, blocks.i, blocks.j], DType.I32)
-    chosen = _scores(b, heads, x, blocks, table, top_k=top_k, causal=causal)
-    mask = chosen[(*table, x.p // block, x.m // block)] != 0
-    if causal:
-        mask = (x.m <= x.p) & mask
-    softmax_attention(b, heads, x, output="AV", mask=mask)
+    chosen = _scores(b, x, blocks, table, top_k=top_k)
+    softmax_3pass(x, also=chosen[(*table, x.p // block, x.m // block)] != 0)
     return b.build()
 
 
@@ -119,17 +116,11 @@ def _blocks(b: CascadeBuilder, block: int) -> _Blocks:
 
 
 def _scores(
-    b: CascadeBuilder,
-    heads: Heads,
-    x: Operands,
-    blocks: _Blocks,
-    table: tuple[Index, ...],
-    *,
-    top_k: int,
-    causal: bool,
+    b: CascadeBuilder, x: AttentionFrame, blocks: _Blocks, table: tuple[Index, ...], *, top_k: int
 ) -> TensorRef:
-    """The scoring stage: pooled Q and K, block affinities S, and the block table."""
-    hq, hk, hr, e = heads.query, heads.kv, heads.read, x.e
+    """The scoring stage: pooled Q and K, block affinities S, and the block table (the
+    earlier blocks' top k and the diagonal when `x` is causal)."""
+    hq, hk, hr, e, causal = x.heads.query, x.heads.kv, x.heads.read, x.e, x.causal
     i, j, j2 = blocks.i, blocks.j, blocks.j2
     qb, kb = b.size("QB"), b.size("KB")
     # Block means; the last block of a ragged length holds fewer positions.
