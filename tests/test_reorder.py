@@ -1,8 +1,9 @@
 """The reorder pass (PAROAttention's token reordering): the density of non-empty 64 x 64 tiles
 before and after, measured by the tile classification the kernels' tile lists come from;
 differential checks that the reordered cascade computes what the original does (masks over
-grids, a causal mask, document ids, ALiBi, a relative-position table, GQA); the cascade in the
-new order run by the tiled backends on permuted inputs; the pass's refusals."""
+grids, a causal mask, document ids, ALiBi, a relative-position table, GQA, HiLo's pooled keys,
+strided reads); the cascade in the new order run by the tiled backends on permuted inputs, and
+the pass's own output refused by them with the way to run it; the pass's refusals."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from attncc.errors import PassError
 from attncc.frontends import masks
 from attncc.frontends.library import ScoreMod, attention_3pass
 from attncc.frontends.zoo.groups import same_type
+from attncc.frontends.zoo.hilo import hilo
 from attncc.ir import Cascade, DType, Rank, parse, print_cascade, size_symbol
 from attncc.passes import run_pipeline
 from attncc.passes.reorder import in_token_order
@@ -111,9 +113,33 @@ REORDERED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(REORDERED))
+STRIDED = """\
+cascade strided
+rank E, F, M = 16, P = 16, J = 8
+input Q[e,p] : f32
+input K[e,m] : f32
+input V[f,m] : f32
+output AV[f,p] : f32
+
+QK[j,p] = Q[e,p] * K[e,2*j]
+AV[f,p] = QK[j,p] * V[f,15-2*j]
+"""
+
+# Cascades that read the permuted inputs at other positions than p and m (the reference
+# interpreter runs them; HiLo's pooling is no loop nest of the tiled backends).
+READ_ELSEWHERE = {
+    # HiLo's Lo-Fi keys pool KL and VL at 16*(n//4) + 2*(n%4) + 8*sy + sx: read window-major,
+    # the pooled tokens of window n are 16*(n//4) + 4*(n%4) + 2*sy + sx.
+    "hilo": (lambda: hilo(shape=(8, 8), window=2), "4x2x4x2", "0213"),
+    # Every other key, and the same backwards: positions whose digits do not split go through
+    # the nested divisions of sigma^-1.
+    "strided": (lambda: parse(STRIDED), "2x2x2x2", "0213"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REORDERED) + sorted(READ_ELSEWHERE))
 def test_reordered_cascade_computes_the_same(name: str) -> None:
-    build, shape, order = REORDERED[name]
+    build, shape, order = {**REORDERED, **READ_ELSEWHERE}[name]
     original = build()
     reordered, records = run_pipeline(original, f"reorder(shape={shape},order={order})")
     assert records[0].changed
@@ -145,9 +171,37 @@ def test_tiled_backends_run_the_new_order(name: str, backend: Backend) -> None:
     assert relative_error(back, expected) < FP32_TOLERANCE
 
 
+def test_hilo_pools_the_tokens_it_pooled_before() -> None:
+    """The reviewer's case: read window-major, HiLo's pooling still averages each window (AVL
+    was 0.23 off when the pooled reads kept their old positions)."""
+    original = hilo(shape=(8, 8), window=2)
+    reordered, _ = run_pipeline(original, "reorder(shape=4x2x4x2,order=0213)")
+    text = print_cascade(reordered)
+    assert "PK[b,hl,e,n] = KLR[b,hl,e,16*(n//4)+2*sy+4*(n%4)+sx] * 0.25" in text
+    inputs = _inputs(original, np.random.default_rng(1))
+    expected, got = execute(original, inputs), execute(reordered, inputs)
+    for name in ("AVH", "AVL"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+def test_the_pass_output_is_refused_by_the_tiled_backends_with_the_way_to_run_it() -> None:
+    """Its gathers (QR = Q[e,sigma(p)]) are no tile loads: lowering says to run the cascade in
+    the new order on permuted inputs, as test_tiled_backends_run_the_new_order does; the
+    reference interpreter runs the pass output itself."""
+    build, shape, order = REORDERED["video_gqa"]
+    reordered, _ = run_pipeline(build(), f"reorder(shape={shape},order={order})")
+    inputs = _inputs(reordered, np.random.default_rng(0))
+    with pytest.raises(PassError, match=r"KR copies input K in another order along the key rank M"):
+        execute(reordered, inputs, backend=Backend.NUMPY)
+    with pytest.raises(PassError, match=r"in_token_order\) on inputs permuted"):
+        execute(reordered, inputs, backend=Backend.NUMPY)
+    expected = execute(fixed(build(), 144), inputs)["AV"]
+    np.testing.assert_allclose(execute(reordered, inputs)["AV"], expected, rtol=1e-9, atol=1e-12)
+
+
 def _inputs(cascade: Cascade, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random inputs (standard normal, ids 0..3) at small head and feature sizes."""
-    defaults = {"B": 2, "H": 2, "G": 1, "E": 16, "F": 8}
+    defaults = {"B": 2, "H": 2, "G": 1, "HH": 2, "HL": 2, "GH": 1, "GL": 1, "E": 16, "F": 8}
     free = [r.name for r in cascade.ranks if r.size == size_symbol(r.name)]
     return random_inputs(cascade, {name: defaults[name] for name in free}, rng)
 
@@ -194,15 +248,18 @@ def test_remark_and_refusals() -> None:
         run_pipeline(sized, "reorder(shape=8x8,order=10)")
 
 
-def test_shifted_reads_are_refused() -> None:
+def test_reads_off_the_grid_are_refused() -> None:
+    """T[m,p-1] is read at p = 0 too: position -1 has no place in the new order."""
     shifted = parse(
         "rank M, P\ninput X[m,p]\noutput Y[m,p]\n\nT[m,p] = X[m,p]\nY[m,p] = T[m,p-1]\n"
     )
-    unchanged, records = run_pipeline(shifted, "reorder(shape=2x2,order=10)")
-    assert unchanged == shifted
-    assert records[0].remarks == (
-        "Y reads T[m,p-1] at p-1: only tensors read at plain positions can be permuted",
-    )
+    with pytest.raises(
+        PassError, match=r"Y reads T\[m,p-1\] at p-1 along P, a position not provably among"
+    ):
+        run_pipeline(shifted, "reorder(shape=2x2,order=10)")
+    running = parse("rank M\ninput X[m]\noutput Y[]\nR[0] = 0\nR[m+1] = R[m] + X[m]\nY[] = R[M]")
+    with pytest.raises(PassError, match="R is a running update over m"):
+        run_pipeline(running, "reorder(shape=2x2,order=10,query=M)")
 
 
 @pytest.mark.cuda_compile

@@ -28,6 +28,7 @@ from attncc.ir import (
     ReduceOp,
     TensorDecl,
     format_index,
+    index_name,
     index_symbol,
     replace_accesses,
     size_symbol,
@@ -64,6 +65,8 @@ class PartitionRank(CascadePass):
                 known = ", ".join(r.name for r in cascade.all_ranks())
                 raise PassError(f"partition: {cascade.name} has no rank {name}; ranks: {known}")
             refusal = _refusal(cascade, name)
+            if refusal and self.rank is None:
+                _check_gathers(cascade, name)
             if refusal:
                 remarks.append(f"{name} left whole: {refusal}")
             else:
@@ -94,6 +97,32 @@ def _default_ranks(cascade: Cascade) -> list[str] | str:
         outputs = set(cascade.output_names())
         return reduced_ranks(cascade, lambda e: e.tensor in outputs) or _NO_RANK
     return key_ranks(cascade) or _NO_RANK
+
+
+def _check_gathers(cascade: Cascade, rank: str) -> None:
+    """Refuse the key rank an input is read along in another order (reorder's
+    QR[e,p] = Q[e,sigma(p)]): left whole, it would fail in the backends for want of a tiled
+    rank, far from the reason; a loop nest loads tiles of its inputs as they are laid out."""
+    inputs = set(cascade.input_names())
+    for einsum in cascade.einsums:
+        read = einsum.expr
+        if einsum.reduce or einsum.filter or not isinstance(read, Access):
+            continue
+        decl, copy = cascade.declaration(read.tensor), cascade.declaration(einsum.tensor)
+        if read.tensor not in inputs or decl is None or copy is None or rank not in decl.ranks:
+            continue
+        index = read.indices[decl.ranks.index(rank)]
+        if copy.ranks == decl.ranks and index != index_symbol(index_name(rank)):
+            text = f"{read.tensor}[{','.join(format_index(i) for i in read.indices)}]"
+            raise PassError(
+                f"partition: {einsum.tensor} copies input {read.tensor} in another order along "
+                f"the key rank {rank} ({einsum.tensor} = {text}), as `reorder` writes it; a "
+                "loop nest loads tiles of inputs as they are laid out, so the tiled backends "
+                "cannot run this cascade: give them the cascade in the new order "
+                "(attncc.passes.reorder.in_token_order) on inputs permuted with "
+                "TokenOrder.permutation(), and put the output back (the reference interpreter "
+                "runs this one)"
+            )
 
 
 def _tile_names(rank: str) -> tuple[str, str]:

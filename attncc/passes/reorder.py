@@ -17,13 +17,23 @@ same once the output is put back:
                                      rewritten in the digits of the new positions
     AV[f,p] = AVR[f,sigma^-1(p)]     the output, back in the old order
 
+Reads of a tensor laid out along P or M (the inputs read permuted, every temporary and result
+over those ranks) at the plain index p or m stay as they are: both ranks move by the same
+sigma. A read there at another position t, an old position, becomes a read at sigma^-1(t),
+in the digits of t where they split exactly (HiLo's pooled keys read KL at
+16*(n//4) + 2*(n%4) + 8*sy + sx, window-major 16*(n//4) + 4*(n%4) + 2*sy + sx); a position
+not provably on the grid (a shift, p - 1) is refused with a PassError naming the read. Reads
+along other ranks (a block table at p // 64) take the old positions.
+
 Options: `shape` (the grid as digits, row-major: `8x16x16` for T x H x W, `4x8x4x8` for a
 32 x 32 image in 8 x 8 tiles), `order` (the new order of the digits, most significant first:
 `120`, `0213`; see attncc.passes.token_order), `query` and `key` (the ranks, P and M). The pass
 fixes both ranks to the grid's token count, the length the grid's masks assume. It runs before
-`flash`: the tiled backends take the cascade in the new order (`in_token_order`) with inputs
-permuted before the kernel and the output after it, as PAROAttention fuses its permutations
-into the neighbouring operators.
+`flash`, and its output runs on the reference interpreter. The tiled backends load tiles of
+inputs as they are laid out, not through sigma, so lowering it is refused (`partition` says
+why); they run the cascade in the new order instead (`in_token_order`), on inputs permuted
+before the kernel (`TokenOrder.permutation`) and the output put back after it, as
+PAROAttention fuses its permutations into the neighbouring operators (tests/test_reorder.py).
 """
 
 from __future__ import annotations
@@ -37,11 +47,11 @@ from attncc.ir import (
     Access,
     Cascade,
     Einsum,
-    Rank,
+    Expr,
     TensorDecl,
     format_index,
+    index_name,
     index_symbol,
-    index_vars,
     map_expressions,
     rename_tensors,
     replace_accesses,
@@ -64,41 +74,14 @@ class Reorder(CascadePass):
     key: str = "M"
 
     def apply(self, cascade: Cascade) -> PassResult:
-        if not self.shape or not self.order:
-            raise PassError(
-                "reorder: give the grid and the new order, e.g. shape=8x16x16,order=120"
-            )
-        try:
-            order = TokenOrder.parse(self.shape, self.order)
-        except ValueError as error:
-            raise PassError(f"reorder: {error}") from None
+        order = self._token_order()
         ranks = (self.query, self.key)
         refusal = _refusal(cascade, ranks, order)
         if refusal is not None:
             return PassResult(cascade, (refusal,))
-        taken = taken_names(cascade)
-        inputs = {d.name: fresh_name(f"{d.name}R", taken) for d in _ordered(cascade.inputs, ranks)}
-        outputs = {
-            d.name: fresh_name(f"{d.name}R", taken) for d in _ordered(cascade.outputs, ranks)
-        }
-        # The cascade in the new order reads the permuted inputs and writes permuted outputs.
-        core = rename_tensors(
-            in_token_order(cascade, order, query=self.query, key=self.key), {**inputs, **outputs}
-        )
-        gathers = [
-            _view(d, inputs[d.name], ranks, order) for d in cascade.inputs if d.name in inputs
-        ]
-        restores = [
-            _view(replace(d, name=outputs[d.name]), d.name, ranks, order, inverse=True)
-            for d in cascade.outputs
-            if d.name in outputs
-        ]
-        rewritten = replace(
-            core,
-            inputs=cascade.inputs,
-            outputs=cascade.outputs,
-            einsums=(*gathers, *core.einsums, *restores),
-        )
+        rewritten, renamed = _reordered(cascade, order, ranks)
+        inputs = [n for n in cascade.input_names() if n in renamed]
+        outputs = [n for n in cascade.output_names() if n in renamed]
         grid = "x".join(map(str, order.shape))
         digits = "".join(map(str, order.order))
         remark = (
@@ -107,6 +90,36 @@ class Reorder(CascadePass):
         )
         return PassResult(rewritten, (remark,))
 
+    def _token_order(self) -> TokenOrder:
+        if not self.shape or not self.order:
+            raise PassError(
+                "reorder: give the grid and the new order, e.g. shape=8x16x16,order=120"
+            )
+        try:
+            return TokenOrder.parse(self.shape, self.order)
+        except ValueError as error:
+            raise PassError(f"reorder: {error}") from None
+
+
+def _reordered(
+    cascade: Cascade, order: TokenOrder, ranks: tuple[str, str]
+) -> tuple[Cascade, dict[str, str]]:
+    """`cascade` on its inputs gathered into the new order (QR[e,p] = Q[e,sigma(p)]), its
+    results put back (AV[f,p] = AVR[f,sigma^-1(p)]), and the names of the permuted copies."""
+    taken = taken_names(cascade)
+    laid_out = _ordered((*cascade.inputs, *cascade.outputs), ranks)
+    renamed = {d.name: fresh_name(f"{d.name}R", taken) for d in laid_out}
+    query, key = ranks
+    core = rename_tensors(in_token_order(cascade, order, query=query, key=key), renamed)
+    gathers = [_view(d, renamed[d.name], ranks, order) for d in cascade.inputs if d.name in renamed]
+    restores = [
+        _view(replace(d, name=renamed[d.name]), d.name, ranks, order, inverse=True)
+        for d in cascade.outputs
+        if d.name in renamed
+    ]
+    einsums = (*gathers, *core.einsums, *restores)
+    return replace(core, inputs=cascade.inputs, outputs=cascade.outputs, einsums=einsums), renamed
+
 
 def in_token_order(
     cascade: Cascade, order: TokenOrder, *, query: str = "P", key: str = "M"
@@ -114,40 +127,74 @@ def in_token_order(
     """`cascade` on tokens in `order`: the inputs and outputs laid out along ranks `query` and
     `key` are taken and given in the new order (permute them with `order.permutation()`), every
     coordinate of those ranks in a mask or a score is the token's old position, written in the
-    digits of its new one, and inputs indexed by positions otherwise (a block table read at
-    p // 64) are read at the old positions. Both ranks are fixed to `order.tokens`."""
-    refusal = _refusal(cascade, (query, key), order)
+    digits of its new one, reads along those ranks at other positions than p and m go through
+    sigma^-1, and reads along other ranks (a block table read at p // 64) are at the old
+    positions (module docstring). Both ranks are fixed to `order.tokens`."""
+    ranks = (query, key)
+    refusal = _refusal(cascade, ranks, order)
     if refusal is not None:
         raise PassError(f"reorder: {refusal}")
-    variables = frozenset(_var(cascade, r) for r in (query, key))
-    ordered = {d.name for d in _ordered(cascade.inputs, (query, key))}
-    old = index_mapping(order, variables)
-
-    def access(a: Access) -> Access:
-        if a.tensor in ordered or a.tensor not in cascade.input_names():
-            return a
-        return Access(
-            a.tensor,
-            tuple(i.xreplace({index_symbol(v): s for v, s in old.items()}) for i in a.indices),
-        )
-
-    def rewrite(einsum: Einsum) -> Einsum:
-        return map_expressions(
-            einsum, lambda x: order.in_new_order(replace_accesses(x, access), variables)
-        )
-
-    sizes = sympy.Integer(order.tokens)
-    return replace(
+    tokens = sympy.Integer(order.tokens)
+    resized = replace(
         cascade,
-        ranks=tuple(Rank(r.name, sizes) if r.name in (query, key) else r for r in cascade.ranks),
-        einsums=tuple(rewrite(e) for e in cascade.einsums),
+        ranks=tuple(replace(r, size=tokens) if r.name in ranks else r for r in cascade.ranks),
     )
+    reading = _Reading(resized, order, ranks)
+    return replace(resized, einsums=tuple(reading.einsum(e) for e in resized.einsums))
 
 
-def _var(cascade: Cascade, rank: str) -> str:
-    found = cascade.rank(rank)
-    assert found is not None, "checked by _refusal"
-    return found.index
+class _Reading:
+    """The Einsums of a cascade (P and M sized to the grid) with their reads in the new token
+    order (in_token_order)."""
+
+    def __init__(self, cascade: Cascade, order: TokenOrder, ranks: tuple[str, str]) -> None:
+        self.cascade = cascade
+        self.order = order
+        self.ranks = ranks
+        self.variables = frozenset(index_name(r) for r in ranks)
+        old = index_mapping(order, self.variables)
+        self.old = {index_symbol(v): x for v, x in old.items()}
+        self.extents = {r.index: int(r.size) for r in cascade.all_ranks() if r.size.is_Integer}
+
+    def einsum(self, einsum: Einsum) -> Einsum:
+        if einsum.iterative_index in self.variables:
+            raise PassError(
+                f"reorder: {einsum.tensor} is a running update over {einsum.iterative_index}, "
+                "which runs through the tokens in their order; reorder before running-reduce"
+            )
+
+        def rewrite(expr: Expr) -> Expr:
+            read = replace_accesses(expr, lambda a: self.access(einsum, a))
+            return self.order.in_new_order(read, self.variables)
+
+        return map_expressions(einsum, rewrite)
+
+    def access(self, einsum: Einsum, access: Access) -> Access:
+        decl = self.cascade.declaration(access.tensor)
+        assert decl is not None, "verified cascades declare what they read"
+        indices = tuple(
+            self.index(einsum, access, rank, index)
+            for rank, index in zip(decl.ranks, access.indices, strict=True)
+        )
+        return Access(access.tensor, indices)
+
+    def index(self, einsum: Einsum, access: Access, rank: str, index: sympy.Expr) -> sympy.Expr:
+        """`index` of `access` along `rank`, read in the new order."""
+        if rank not in self.ranks:
+            return index.xreplace(self.old)  # a position used as data: the old one
+        if isinstance(index, sympy.Symbol) and index.name in self.variables:
+            return index  # both ranks move by the same sigma
+        # KLR[y] = KL[sigma(y)], so the old read KL[t] is KLR[sigma^-1(t)]
+        moved = self.order.new_index(index.xreplace(self.old), self.extents)
+        if moved is None:
+            text = f"{access.tensor}[{','.join(format_index(i) for i in access.indices)}]"
+            raise PassError(
+                f"reorder: {einsum.tensor} reads {text} at {format_index(index)} along "
+                f"{rank}, a position not provably among the grid's {self.order.tokens} tokens "
+                "(a shift, or a rank of no fixed size), so it has no place in the new order; "
+                "reorder only cascades whose reads along the token ranks stay on the grid"
+            )
+        return moved
 
 
 def _ordered(decls: tuple[TensorDecl, ...], ranks: tuple[str, str]) -> list[TensorDecl]:
@@ -156,7 +203,8 @@ def _ordered(decls: tuple[TensorDecl, ...], ranks: tuple[str, str]) -> list[Tens
 
 
 def _refusal(cascade: Cascade, ranks: tuple[str, str], order: TokenOrder) -> str | None:
-    """Why the pass cannot reorder `ranks` of `cascade` (PassError for unknown ranks)."""
+    """Why the pass leaves `cascade` as it is (PassError for ranks that are unknown or of
+    another length than the grid)."""
     for name in ranks:
         rank = cascade.rank(name)
         if rank is None:
@@ -169,20 +217,6 @@ def _refusal(cascade: Cascade, ranks: tuple[str, str], order: TokenOrder) -> str
             )
         if any(name in (p.rank, p.outer, p.inner) for p in cascade.partitions) or cascade.sparse:
             return f"{name} is partitioned already; reorder before the flash pipeline"
-    variables = {r.lower() for r in ranks}
-    inputs = set(cascade.input_names())
-    for einsum in cascade.einsums:
-        for a in einsum.read_accesses():
-            laid_out = a.tensor not in inputs or a.tensor in {
-                d.name for d in _ordered(cascade.inputs, ranks)
-            }
-            for index in a.indices:
-                if laid_out and index_vars(index) & variables and not index.is_Symbol:
-                    text = f"{a.tensor}[{','.join(format_index(i) for i in a.indices)}]"
-                    return (
-                        f"{einsum.tensor} reads {text} at {format_index(index)}: "
-                        "only tensors read at plain positions can be permuted"
-                    )
     return None
 
 
@@ -191,7 +225,7 @@ def _view(
 ) -> Einsum:
     """`name`[...] = `decl`[...] read at sigma (an input in the new order) or sigma^-1 (a
     result back in the old order) along the reordered ranks."""
-    indices = tuple(index_symbol(r.lower()) for r in decl.ranks)
+    indices = tuple(index_symbol(index_name(r)) for r in decl.ranks)
     move = order.new_position if inverse else order.old_position
     read = tuple(move(i) if r in ranks else i for i, r in zip(indices, decl.ranks, strict=True))
     return Einsum(name, indices, Access(decl.name, read))

@@ -20,8 +20,9 @@ the digits of y, each written with nested divisions, as the mask library writes 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import sympy
@@ -81,6 +82,32 @@ class TokenOrder:
         digits = _digits(x, self.shape)
         weights = _weights(self.new_shape)
         return sympy.Add(*(digits[k] * w for k, w in zip(self.order, weights, strict=True)))
+
+    def new_index(self, x: sympy.Expr, extents: Mapping[str, int]) -> sympy.Expr | None:
+        """sigma^-1(x), where the token at old position x is now, for x an index expression
+        over variables each in [0, extents[v]); None unless x stays within the grid. Written as
+        a sum of the digits of x where they split exactly (HiLo's pooled read
+        16*(n//4) + 2*(n%4) + 8*sy + sx of a 4x2x4x2 grid in order 0213 becomes
+        16*(n//4) + 4*(n%4) + 2*sy + sx), else with the nested divisions of `new_position`."""
+        form = _IndexForms(extents)
+        ends = form.bounds(x)
+        if ends is None or ends[0] < 0 or ends[1] >= self.tokens:
+            return None
+        lin = form.linear(x)
+        if lin is None:
+            return self.new_position(x)
+        places = dict(zip(self.order, _weights(self.new_shape), strict=True))
+        moved: list[tuple[dict[sympy.Expr, int], int]] = []
+        for k, (n, w) in enumerate(zip(self.shape, _weights(self.shape), strict=True)):
+            digit = form.divide(lin, w, remainder=False)
+            # The leading digit is x // w_0 itself: x stays within the grid.
+            if digit is not None and k > 0:
+                digit = form.divide(digit, n, remainder=True)
+            if digit is None:
+                return self.new_position(x)
+            moved.append(({t: a * places[k] for t, a in digit[0].items()}, digit[1] * places[k]))
+        terms, constant = _combine(moved, (1,) * len(moved))
+        return sympy.Add(*(a * t for t, a in terms.items()), sympy.Integer(constant))
 
     def permutation(self) -> np.ndarray:
         """`perm` with new = old[perm] along a token axis (perm[y] = sigma(y))."""
@@ -155,19 +182,7 @@ class _Digits:
         return None
 
     def _divide(self, lin: tuple[Terms, int], c: int, remainder: bool) -> tuple[Terms, int] | None:
-        """L // c or L % c, exact when the terms with coefficients not divisible by c stay in
-        [0, c): x // 32 = 8 d_0 + d_1 for x = 256 d_0 + 32 d_1 + 8 d_2 + d_3 (d_2 < 4, d_3 < 8)."""
-        terms, constant = lin
-        quotient, offset = divmod(constant, c)
-        high = {t: a // c for t, a in terms.items() if a % c == 0}
-        low = {t: a for t, a in terms.items() if a % c}
-        spans = [a * (self.order.shape[k] - 1) for (_, k), a in low.items()]
-        if (
-            offset + sum(min(0, s) for s in spans) < 0
-            or offset + sum(max(0, s) for s in spans) >= c
-        ):
-            return None
-        return (low, offset) if remainder else (high, quotient)
+        return _divide(lin, c, remainder, lambda t: (0, self.order.shape[t[1]] - 1))
 
     def value(self, terms: Terms, constant: int) -> Expr:
         """A sum of digits as a value expression over the new positions, most significant
@@ -194,14 +209,117 @@ class _Digits:
         return x if position == 0 else Call("mod", (x, Const(float(radices[position]))))
 
 
-def _combine(parts: list[tuple[Terms, int]], signs: tuple[int, ...]) -> tuple[Terms, int]:
-    terms: Terms = {}
+Key = TypeVar("Key", bound=Hashable)
+
+
+def _divide(
+    lin: tuple[dict[Key, int], int],
+    c: int,
+    remainder: bool,
+    bounds: Callable[[Key], tuple[int, int]],
+) -> tuple[dict[Key, int], int] | None:
+    """L // c or L % c of L = sum_t a_t t + constant, each t within `bounds(t)`: exact when the
+    terms with coefficients not divisible by c stay in [0, c): x // 32 = 8 d_0 + d_1 for
+    x = 256 d_0 + 32 d_1 + 8 d_2 + d_3 (d_2 < 4, d_3 < 8)."""
+    terms, constant = lin
+    quotient, offset = divmod(constant, c)
+    high = {t: a // c for t, a in terms.items() if a % c == 0}
+    low = {t: a for t, a in terms.items() if a % c}
+    ends = [(a * bounds(t)[0], a * bounds(t)[1]) for t, a in low.items()]
+    if offset + sum(min(e) for e in ends) < 0 or offset + sum(max(e) for e in ends) >= c:
+        return None
+    return (low, offset) if remainder else (high, quotient)
+
+
+def _combine(
+    parts: list[tuple[dict[Key, int], int]], signs: tuple[int, ...]
+) -> tuple[dict[Key, int], int]:
+    terms: dict[Key, int] = {}
     constant = 0
     for (part, c), sign in zip(parts, signs, strict=True):
         for t, a in part.items():
             terms[t] = terms.get(t, 0) + sign * a
         constant += sign * c
     return terms, constant
+
+
+class _IndexForms:
+    """Index expressions (sympy) as sums of atoms plus a constant: an atom is a variable, or a
+    floor division or remainder that does not split exactly, each with the range it takes
+    when the variables stay in [0, extents[v])."""
+
+    def __init__(self, extents: Mapping[str, int]) -> None:
+        self.extents = extents
+
+    def linear(self, x: sympy.Expr) -> tuple[dict[sympy.Expr, int], int] | None:
+        if isinstance(x, sympy.Integer):
+            return {}, int(x)
+        if isinstance(x, sympy.Add):
+            parts = [self.linear(a) for a in x.args]
+            found = [p for p in parts if p is not None]
+            return _combine(found, (1,) * len(found)) if len(found) == len(parts) else None
+        if isinstance(x, sympy.Mul):
+            factor, rest = x.as_coeff_Mul()
+            inner = self.linear(rest) if isinstance(factor, sympy.Integer) else None
+            if inner is None:
+                return None
+            return {t: int(factor) * a for t, a in inner[0].items()}, int(factor) * inner[1]
+        split = self._split(x)
+        if split is not None:
+            return split
+        return ({x: 1}, 0) if self.bounds(x) is not None else None
+
+    def _split(self, x: sympy.Expr) -> tuple[dict[sympy.Expr, int], int] | None:
+        """floor(L / c) or L % c as a sum of atoms, where it splits exactly."""
+        if isinstance(x, sympy.floor):
+            numerator, c = sympy.fraction(sympy.together(x.args[0]))
+            remainder = False
+        elif isinstance(x, sympy.Mod):
+            numerator, c = x.args
+            remainder = True
+        else:
+            return None
+        lin = self.linear(numerator) if isinstance(c, sympy.Integer) and c > 0 else None
+        return None if lin is None else self.divide(lin, int(c), remainder=remainder)
+
+    def divide(
+        self, lin: tuple[dict[sympy.Expr, int], int], c: int, *, remainder: bool
+    ) -> tuple[dict[sympy.Expr, int], int] | None:
+        return _divide(lin, c, remainder, self._bounds)
+
+    def _bounds(self, atom: sympy.Expr) -> tuple[int, int]:
+        found = self.bounds(atom)
+        assert found is not None, "atoms are bounded when they are made"
+        return found
+
+    def bounds(self, x: sympy.Expr) -> tuple[int, int] | None:
+        """The least and the greatest value of `x`, or None where a variable has no extent."""
+        found = self._interval(x)
+        return None if found is None else (math.floor(found[0]), math.floor(found[1]))
+
+    def _interval(self, x: sympy.Expr) -> tuple[sympy.Rational, sympy.Rational] | None:
+        if isinstance(x, sympy.Rational):
+            return x, x
+        if isinstance(x, sympy.Symbol):
+            extent = self.extents.get(x.name)
+            return None if extent is None else (sympy.Integer(0), sympy.Integer(extent - 1))
+        args = [self._interval(a) for a in x.args]
+        if any(a is None for a in args):
+            return None
+        ends: list[tuple[sympy.Rational, sympy.Rational]] = [a for a in args if a is not None]
+        if isinstance(x, sympy.Add):
+            return sympy.Add(*(lo for lo, _ in ends)), sympy.Add(*(hi for _, hi in ends))
+        if isinstance(x, sympy.Mul) and all(lo == hi for lo, hi in ends[:-1]):
+            factor = sympy.Mul(*(lo for lo, _ in ends[:-1]))
+            low, high = factor * ends[-1][0], factor * ends[-1][1]
+            return (low, high) if factor >= 0 else (high, low)
+        if isinstance(x, sympy.floor):
+            return sympy.floor(ends[0][0]), sympy.floor(ends[0][1])
+        if isinstance(x, sympy.Mod) and ends[1][0] == ends[1][1] and ends[1][0] > 0:
+            c = ends[1][0]
+            inside = ends[0][0] >= 0 and ends[0][1] < c
+            return ends[0] if inside else (sympy.Integer(0), c - 1)
+        return None
 
 
 def index_mapping(order: TokenOrder, variables: frozenset[str]) -> Mapping[str, sympy.Expr]:
