@@ -303,9 +303,6 @@ def _program_body(program: TileProgram, shape: KernelShape, writer: SourceWriter
     # within one (batch, head) stay 32-bit, which keeps tiles of them in fewer registers.
     writer.line("qt = tl.program_id(0)")
     writer.line("flat = tl.program_id(1).to(tl.int64)")
-    # This grid point's tile lists: its own where the mask reads the grid (tiles_per_point
-    # query tiles a point), else the shared ones (tiles_per_point 0).
-    writer.line("tile_base = flat * tiles_per_point")
     for var in reversed(program.grid):
         rank = program.schedule.rank_of(var)
         writer.line(f"g_{var} = flat % s_{rank}")
@@ -347,11 +344,15 @@ def _key_loop(program: TileProgram, shape: KernelShape, writer: SourceWriter) ->
             initial = initial_value(op, program, prologue).text
             writer.line(f"{value_name(op.tensor, previous=True)} = {initial}")
     converted, preloaded = _convert_invariants(program, prologue, writer)
-    writer.line("tile_row = tile_base + qt")
-    writer.line("count = tl.load(tile_counts + tile_row)")
-    writer.line("tile_start = tile_row * tiles_stride")
+    # This grid point's tile lists: its own where the mask reads the grid (tiles_per_point
+    # query tiles a point), else the shared ones (tiles_per_point 0). 32-bit (the launch
+    # checks that the lists fit) and recomputed where used: a 64-bit row held through the
+    # prologue spills the bias kernel on sm_80.
+    tile_row = "(tl.program_id(1) * tiles_per_point + qt)"
+    writer.line(f"count = tl.load(tile_counts + {tile_row})")
     writer.line("for j in range(0, count):")
     with writer.indented():
+        writer.line(f"tile_start = {tile_row} * tiles_stride")
         writer.line("m1 = tl.load(tile_indices + tile_start + j)")
         writer.line(f"x_{program.key} = tl.arange(0, BLOCK_K)")
         key_rank = program.schedule.key.rank

@@ -245,6 +245,11 @@ def _device_lists(
     if sizes[nest.key.rank] % sizes[nest.key.inner]:
         full &= lists.indices != sizes[nest.key.outer] - 1
     rows, query_tiles, key_tiles = per_point.shape
+    if per_point.size >= 2**31:
+        raise ExecutionError(
+            f"{rows} x {query_tiles} x {key_tiles} tile list entries: the kernel indexes them "
+            "with 32-bit offsets; use larger tiles"
+        )
     indices = np.ascontiguousarray(lists.indices, dtype=np.int32).reshape(-1, key_tiles)
     return {
         "tile_counts": torch.as_tensor(lists.counts.astype(np.int32).ravel(), device=device),
