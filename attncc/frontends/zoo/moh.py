@@ -19,15 +19,19 @@ The tiled backends run the router as a stage of its own in the reference interpr
 attncc.frontends.zoo.stages) and the attention with HW as an input: `moh_stages`.
 
 What is skipped, and what is not. A head with weight 0 for every query of a query tile need not
-be computed there, and the IR can state that as a predicate on the scores (HW[b,h,p] != 0). But
-the executors' tile lists (attncc.backends.tile_lists) are one list of key tiles per query tile,
-shared by every (batch, head) program of the grid, and the runtime classifier
-(attncc.analysis.data_masks) reads tables at the key and the query position only; a table read
-at the head decides nothing for it. So no (head, query tile) is skipped: every head runs over
-every key tile of its query tiles, and the epilogue multiplies the rows of unchosen heads by 0.
-For token-level routing this loses little: with top-2 of 6 routed heads, a head is unchosen by
-all 64 queries of a tile with probability (4/6)^64 ~ 5e-12 for independent tokens
-(tests/test_zoo_moh.py measures the fraction on random routers: 0).
+be computed there, and the IR states that as a condition on the scores (HW[b,h,p] != 0). The
+backends can act on it: a block-sparse mask may read a table at grid indices (the verifier
+admits them), tiles are classified per (batch, head) (attncc.analysis.data_masks), Triton walks
+one tile list per (grid point, query tile) and visits no key tile where the head's weight is 0,
+and NumPy skips what every head skips (tests/test_grid_masks.py, on this cascade's attention
+stage with the condition added by hand). This cascade does not state the condition yet: the
+block-sparse pass declares only masks that read the key tiles and one query index, so with
+HW[b,h,p] != 0 in the causal mask it would keep the scores dense and lose the causal skip.
+Until the pass takes grid indices, every head runs over every key tile of its query tiles and
+the epilogue multiplies the rows of unchosen heads by 0. For token-level routing this loses
+little: with top-2 of 6 routed heads, a head is unchosen by all 64 queries of a tile with
+probability (4/6)^64 ~ 5e-12 for independent tokens (tests/test_zoo_moh.py measures the
+fraction on random routers: 0).
 """
 
 from __future__ import annotations
