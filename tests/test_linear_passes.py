@@ -1,7 +1,9 @@
 """The linear-attention passes: `reassociate` ((phi(Q) phi(K)^T) V -> phi(Q) (phi(K)^T V)) and
 `chunk-causal` (Lightning Attention-2's chunks), each checked by differential execution, with
-what they must leave alone (softmax attention, masks, factors tying keys to queries) and the
-cost and pass counts `attncc analyze` reports, derived by hand below.
+what they must leave alone (softmax attention, masks, factors tying keys to queries, a query
+projection summed over features) and the cost and pass counts `attncc analyze` reports,
+derived by hand below; the query and the key ranks they and `partition` share (MoH's key is M,
+not the heads its router maxes over).
 
 The rewrites as text are tests/pass_cases/reassociate.ein and chunk_causal.ein."""
 
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 import sympy
 
-from attncc.analysis import analyze_passes, cascade_cost
+import attncc.passes.reassociate as reassociate_pass
+from attncc.analysis import analyze_passes, cascade_cost, key_ranks, query_index, softmax_keys
 from attncc.cli import main
 from attncc.differential import mismatches
 from attncc.errors import PassError
@@ -24,7 +27,9 @@ from attncc.frontends.library import (
     attention_sigmoid,
     toy_cascade1,
 )
+from attncc.frontends.zoo.hilo import hilo
 from attncc.frontends.zoo.linear import lightning_attention, linear_attention
+from attncc.frontends.zoo.moh import moh
 from attncc.ir import Cascade, parse, print_cascade
 from attncc.passes import run_pipeline
 
@@ -154,6 +159,113 @@ output AV[f,p] : f32
 def test_reassociate_refuses_with_the_reason(body: str, remark: str) -> None:
     before = parse(LINEAR_HEADER + body)
     assert _run(before, "reassociate") == (before, (remark,))
+
+
+PROJECTED = """\
+cascade projected
+rank D, E, F, M, P
+input X[d,p] : f32
+input W[e,d] : f32
+input K[e,m] : f32
+input V[f,m] : f32
+output AV[f,p] : f32
+
+QP[e,p] = W[e,d] * X[d,p]
+QK[m,p] = QP[e,p] * K[e,m]
+"""
+SOFTMAX_TAIL = """\
+GM[p] = max(m) QK[m,p]
+SN[m,p] = exp(QK[m,p] - GM[p])
+SD[p] = SN[m,p]
+A[m,p] = SN[m,p] / SD[p]
+AV[f,p] = A[m,p] * V[f,m]
+"""
+LINEAR_TAIL = "QKV[f,p] = QK[m,p] * V[f,m]\nQKS[p] = QK[m,p]\nAV[f,p] = QKV[f,p] / QKS[p]\n"
+PROJECTION_KEPT = (
+    "QP kept: QK sums it over E, not the key rank (M): a projection, not attention's scores"
+)
+
+
+def test_a_query_projection_is_not_reassociated() -> None:
+    """QK reads the projection QP as a factor and sums it over e, but e is no key: summing
+    W * K over e first (WK[d,m] = W[e,d] * K[e,m], QK[m,p] = X[d,p] * WK[d,m]) trades
+    D*E*P + E*M*P multiply-accumulates for D*E*M + D*M*P, D/E = 32 times more at D = 4096,
+    E = 128 and M = P long."""
+    before = parse(PROJECTED + SOFTMAX_TAIL)
+    assert _run(before, "reassociate") == (before, (PROJECTION_KEPT,))
+    refused = PROJECTED.replace(
+        "QP[e,p] = W[e,d] * X[d,p]\nQK[m,p] = QP[e,p] * K[e,m]",
+        "WK[d,m] = W[e,d] * K[e,m]\nQK[m,p] = X[d,p] * WK[d,m]",
+    )
+    d, n = sympy.symbols("D N", positive=True, integer=True)
+    macs = {
+        "projected": _totals(before)["mac"],
+        "reassociated": _totals(parse(refused + SOFTMAX_TAIL))["mac"],
+    }
+    assert macs == {
+        "projected": d * E * P + E * M * P + F * M * P,
+        "reassociated": d * E * M + d * M * P + F * M * P,
+    }
+    projection = {k: (v - F * M * P).subs({M: n, P: n, d: 4096, E: 128}) for k, v in macs.items()}
+    assert sympy.limit(projection["reassociated"] / projection["projected"], n, sympy.oo) == 32
+
+
+def test_the_cost_check_alone_keeps_the_projection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the key-rank check, the cost check still keeps the projection: with M = P = N
+    the work is O(N^2) before (E*M*P) and after (D*M*P)."""
+    monkeypatch.setattr(reassociate_pass, "_off_key", lambda cascade, splits: None)
+    before = parse(PROJECTED + SOFTMAX_TAIL)
+    assert _run(before, "reassociate") == (
+        before,
+        (
+            "QP kept: summing over E first costs O(N^2) with keys and queries N long, no less "
+            "than the O(N^2) it saves",
+        ),
+    )
+
+
+def test_projected_linear_attention_reassociates_its_keys_only() -> None:
+    before = parse(PROJECTED + LINEAR_TAIL)
+    after, remarks = _run(before, "reassociate")
+    assert remarks == (PROJECTION_KEPT,)
+    assert _tensors(after) == ["QP", "KV", "QKV", "KS", "QKS", "AV"]
+    assert "QKV[f,p] = QP[e,p] * KV[e,f]" in print_cascade(after)
+    assert mismatches(before, after, trials=4) == []
+
+
+# ----------------------------------------------------------------------------- key ranks
+
+
+def test_moh_tiles_the_keys_not_the_heads_its_router_maxes_over() -> None:
+    """MoH's router takes a max over the heads; softmax's key is M (the text form of this is
+    tests/pass_cases/partition_router.ein)."""
+    tiled, records = run_pipeline(moh(), "flash")
+    assert [p.rank for p in tiled.partitions] == ["M"]
+    assert all(r.remarks == () for r in records)
+    assert softmax_keys(moh()) == ["M"]
+
+
+def test_partition_refuses_a_max_that_normalizes_nothing() -> None:
+    cascade = parse("cascade t\nrank M, P\ninput X[m,p]\noutput Y[p]\nY[p] = max(m) X[m,p]")
+    assert _run(cascade, "partition") == (
+        cascade,
+        (
+            "no rank is a softmax key (max-reduced: M; no max among them feeds exp(x - max) "
+            "summed over its own rank); name the rank to tile with rank=...",
+        ),
+    )
+    tiled, _ = _run(cascade, "partition(rank=M,tile=4)")
+    assert [p.rank for p in tiled.partitions] == ["M"]
+
+
+def test_the_query_and_the_keys() -> None:
+    assert query_index(attention_3pass()) == "p"
+    assert query_index(toy_cascade1()) is None
+    assert key_ranks(attention_3pass()) == ["M"]
+    assert key_ranks(linear_attention()) == ["M"]
+    assert key_ranks(_run(linear_attention(), "reassociate")[0]) == ["M"]
+    assert key_ranks(attention_sigmoid()) == ["M"]
+    assert key_ranks(hilo(shape=(4, 4))) == ["M", "N"]
 
 
 # ----------------------------------------------------------------------------- chunk-causal

@@ -48,6 +48,7 @@ from attncc.ir import (
     format_expr,
     index_symbol,
     product,
+    size_symbol,
 )
 from attncc.passes.base import CascadePass, PassResult
 from attncc.passes.names import fresh_name, taken_names
@@ -69,16 +70,17 @@ class Reassociate(CascadePass):
 
 def _reassociated(cascade: Cascade, scores: Einsum, found: Found) -> Cascade | str:
     """`cascade` with the sums over keys of `scores` reassociated, or why they stay."""
-    refusal = _refusal(cascade, scores, found)
+    splits = [f for f in found if isinstance(f, ScoreSum)]
+    refusal = _refusal(cascade, scores, found) or _off_key(cascade, splits)
     if refusal is not None:
         return f"{scores.tensor} kept: {refusal}"
-    splits = [f for f in found if isinstance(f, ScoreSum)]
     rewritten = _rewrite(cascade, scores, splits)
-    before, after = _degree(cascade, splits), _degree(rewritten, splits)
+    before, after = _degree(cascade), _degree(rewritten)
     if after >= before:
+        summed = ", ".join(sorted(set().union(*(_ranks(cascade, s.keys) for s in splits))))
         return (
-            f"{scores.tensor} kept: summing over {_key_names(cascade, splits)} first costs "
-            f"O(N^{after}) with keys and queries N long, no less than the O(N^{before}) it saves"
+            f"{scores.tensor} kept: summing over {summed} first costs O(N^{after}) with keys "
+            f"and queries N long, no less than the O(N^{before}) it saves"
         )
     return rewritten
 
@@ -98,21 +100,26 @@ def _refusal(cascade: Cascade, scores: Einsum, found: Found) -> str | None:
         )
     if query is None:
         return "the first output has no index, so no query to share sums among"
-    keys = key_ranks(cascade)
     for split in found:
         assert isinstance(split, ScoreSum)
-        consumer = split.consumer.tensor
         if query in split.state_vars:
             varying = ", ".join(format_expr(f) for f in split.keyed)
             return (
-                f"in {consumer} the factors over {', '.join(sorted(split.keys))} ({varying}) "
-                f"vary with the query {query}: their sum would serve one query only"
+                f"in {split.consumer.tensor} the factors over {', '.join(sorted(split.keys))} "
+                f"({varying}) vary with the query {query}: their sum would serve one query only"
             )
+    return None
+
+
+def _off_key(cascade: Cascade, splits: list[ScoreSum]) -> str | None:
+    """Why a sum is over no key rank (a projection read by the scores), or None."""
+    keys = key_ranks(cascade)
+    for split in splits:
         summed = _ranks(cascade, split.keys)
         if not summed <= set(keys):
             return (
-                f"{consumer} sums it over {', '.join(sorted(summed))}, not the key rank "
-                f"({', '.join(keys) or 'none found'}): a projection, not attention's scores"
+                f"{split.consumer.tensor} sums it over {', '.join(sorted(summed))}, not the key "
+                f"rank ({', '.join(keys) or 'none found'}): a projection, not attention's scores"
             )
     return None
 
@@ -122,33 +129,26 @@ def _ranks(cascade: Cascade, variables: frozenset[str]) -> set[str]:
     return {r.name for r in ranks if r is not None}
 
 
-def _key_names(cascade: Cascade, splits: list[ScoreSum]) -> str:
-    return ", ".join(sorted(set().union(*(_ranks(cascade, s.keys) for s in splits))))
-
-
-def _degree(cascade: Cascade, splits: list[ScoreSum]) -> int:
+def _degree(cascade: Cascade) -> int:
     """The degree in N of the work of `cascade`, its key and query ranks N long."""
     query = query_index(cascade)
-    variables = set().union(*(s.keys for s in splits)) | ({query} if query else set())
-    lengths = {_whole_rank(cascade, v) for v in variables}
+    tiles = {r: p.rank for p in cascade.partitions for r in (p.outer, p.inner)}
+    lengths = {tiles.get(r, r) for r in key_ranks(cascade)}
+    query_rank = cascade.rank_of_index(query) if query else None
+    if query_rank is not None:
+        lengths.add(query_rank.name)
+    symbols = {size_symbol(name): SEQUENCE for name in lengths}
     resized = replace(
         cascade,
-        ranks=tuple(replace(r, size=SEQUENCE) if r.name in lengths else r for r in cascade.ranks),
+        ranks=tuple(
+            replace(r, size=SEQUENCE if r.name in lengths else r.size.subs(symbols))
+            for r in cascade.ranks
+        ),
     )
     flops = cascade_cost(resized).flops
     # A partition's outer rank is ceil(N / tile) long: of degree 1 in N, as N is.
     flops = flops.replace(sympy.ceiling, lambda x: x).replace(sympy.floor, lambda x: x)
     return int(sympy.Poly(sympy.expand(flops), SEQUENCE).degree())
-
-
-def _whole_rank(cascade: Cascade, var: str) -> str | None:
-    """The rank of index `var`, or the rank it is a tile of (the cost counts m1, m0 together
-    as the M points of the partitioned rank)."""
-    rank = cascade.rank_of_index(var)
-    if rank is None:
-        return None
-    part = next((p for p in cascade.partitions if rank.name in (p.outer, p.inner)), None)
-    return part.rank if part else rank.name
 
 
 def _rewrite(cascade: Cascade, scores: Einsum, splits: list[ScoreSum]) -> Cascade:
