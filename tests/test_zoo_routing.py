@@ -30,6 +30,7 @@ from attncc.backends.execute import LOWERING_PIPELINE, Backend, lower_for_tiles
 from attncc.backends.numpy.reference import interpret
 from attncc.backends.schedule import schedule
 from attncc.backends.tile_lists import tile_classes
+from attncc.analysis.block_sparse import mask_grid
 from attncc.cli import main
 from attncc.frontends.loader import load
 from attncc.frontends.zoo.routing import routing, routing_stages
@@ -160,13 +161,14 @@ def test_kernels_visit_only_the_chosen_blocks(case: Case) -> None:
 
 
 def test_per_head_tables_are_masks_in_every_tile() -> None:
-    """A table per head is read in the kernels as a mask, not by the classifier: the key loop
-    stays dense (documented in the module), the results are still those of the routing."""
+    """A table per head is read at the grid index h: the block-sparse pass declares it and
+    the tiles are classified per head (attncc.analysis.block_sparse.mask_grid)."""
     stage = routing_stages(per_head=True).stages[1].cascade
     lowered, records = run_pipeline(stage, LOWERING_PIPELINE)
-    assert lowered.sparse == ()
-    (remark,) = next(r.remarks for r in records if r.name == "block-sparse")
-    assert "no mask over a partitioned key rank and one query" in remark
+    assert [s.tensor for s in lowered.sparse] == ["QK"]
+    assert mask_grid(lowered, lowered.sparse[0]) == ("h",)
+    remarks = next(r.remarks for r in records if r.name == "block-sparse")
+    assert remarks[0] == "QK skips EMPTY tiles of M1 x 64"
     shared = lower_for_tiles(routing_stages().stages[1].cascade)
     assert [s.tensor for s in shared.sparse] == ["QK"]
 

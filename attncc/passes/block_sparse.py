@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import sympy
 
-from attncc.analysis.block_sparse import sparse_mask
+from attncc.analysis.block_sparse import mask_grid, sparse_mask
 from attncc.analysis.sparsity import check_classifiable
 from attncc.errors import AnalysisError, PassError
 from attncc.ir import (
@@ -110,25 +110,39 @@ def _unclassifiable(cascade: Cascade, sparse: BlockSparse) -> str | None:
     sizes = {r.name: int(r.size) for r in cascade.all_ranks() if r.size.is_Integer}
     predicate, key, query = sparse_mask(cascade, sparse)
     try:
-        check_classifiable(predicate, key=key, query=query, sizes=sizes)
+        check_classifiable(
+            predicate, key=key, query=query, sizes=sizes, grid=mask_grid(cascade, sparse)
+        )
     except AnalysisError as error:
         return str(error)
     return None
 
 
 def _mask_frame(cascade: Cascade, einsum: Einsum) -> list[tuple[Partition, str]]:
-    """(key partition, query index) when `einsum`'s filter reads the two indices of a key
-    partition and exactly one other index (and no tensor indexed by a fourth)."""
+    """(key partition, query index) for a filtered `einsum` over both tile indices of a key
+    partition: the query is the one left-side index the key-side operands (those reading the
+    tiles) lack, p of QK[b,h,m1,m0,p]. The filter may read the tiles, the query and other
+    left-side indices (the grid: b, h of `HW[b,h,p] != 0`), nothing reduced."""
     if einsum.filter is None:
         return []
-    used = indices_used(einsum.filter.predicate)
+    written = einsum.lhs_vars
+    if not indices_used(einsum.filter.predicate) <= written:
+        return []
     frames = []
     for part in cascade.partitions:
         tiles = {part.outer.lower(), part.inner.lower()}
-        others = used - tiles
-        if tiles <= used and len(others) == 1:
-            frames.append((part, next(iter(others))))
+        if not tiles <= written:
+            continue
+        operands = [a for a in walk(einsum.expr) if isinstance(a, Access)]
+        key_side = set().union(*(_names_read(a) for a in operands if tiles & _names_read(a)))
+        queries = written - tiles - key_side
+        if len(queries) == 1:
+            frames.append((part, next(iter(queries))))
     return frames
+
+
+def _names_read(access: Access) -> set[str]:
+    return set().union(*(_names(i) for i in access.indices))
 
 
 _REAL = {"real": True, "finite": True}

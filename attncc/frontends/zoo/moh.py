@@ -18,20 +18,19 @@ output projection of the concatenated heads, a matrix product after attention.
 The tiled backends run the router as a stage of its own in the reference interpreter (see
 attncc.frontends.zoo.stages) and the attention with HW as an input: `moh_stages`.
 
-What is skipped, and what is not. A head with weight 0 for every query of a query tile need not
-be computed there, and the IR states that as a condition on the scores (HW[b,h,p] != 0). The
-backends can act on it: a block-sparse mask may read a table at grid indices (the verifier
-admits them), tiles are classified per (batch, head) (attncc.analysis.data_masks), Triton walks
-one tile list per (grid point, query tile) and visits no key tile where the head's weight is 0,
-and NumPy skips what every head skips (tests/test_grid_masks.py, on this cascade's attention
-stage with the condition added by hand). This cascade does not state the condition yet: the
-block-sparse pass declares only masks that read the key tiles and one query index, so with
-HW[b,h,p] != 0 in the causal mask it would keep the scores dense and lose the causal skip.
-Until the pass takes grid indices, every head runs over every key tile of its query tiles and
-the epilogue multiplies the rows of unchosen heads by 0. For token-level routing this loses
-little: with top-2 of 6 routed heads, a head is unchosen by all 64 queries of a tile with
-probability (4/6)^64 ~ 5e-12 for independent tokens (tests/test_zoo_moh.py measures the
-fraction on random routers: 0).
+What is skipped. A head with weight 0 for a query sees no key: the attention's mask is
+`HW[b,h,p] != 0` (and `m <= p` when causal), so its row of AV is 0/0 as written, and the
+weighted output O = select(HW != 0, HW * AV, 0) is exactly 0 there on every backend. The
+block-sparse pass declares the mask: it reads HW at the grid indices (b, h), and the tiles are
+classified per (batch, head) when the attention runs (attncc.analysis.data_masks). Triton
+walks one tile list per (batch, head, query tile): a head with weight 0 for every query of a
+64-query tile visits no key tile there (nor, when causal, the tiles above the diagonal). NumPy
+and the reference interpreter loop over the union of those lists, so they skip only the tiles
+every (batch, head) skips: the causal ones, and a query tile only where every head has weight
+0 for all its queries, which the shared heads (always on) rule out. For token-level routing
+Triton's per-head skip is rare: with top-2 of 6 routed heads, a head is unchosen by all 64
+queries of a tile with probability (4/6)^64 ~ 5e-12 for independent tokens; it pays when
+neighbouring tokens route alike (tests/test_zoo_moh.py builds such a tile).
 """
 
 from __future__ import annotations
@@ -90,9 +89,14 @@ def moh(
     b.output("O", [*heads.query, x.f, x.p])
     b.output("HW", [*heads.query, x.p])
     weights = _router(b, heads, (batch, d, x.p, c, h2), shared=shared_heads, top_k=top_k)
-    AV = softmax_attention(b, heads, x, output="AV", mask=(x.m <= x.p) if causal else None)
     hq = heads.query
-    b.let("O", [*hq, x.f, x.p], weights[(*hq, x.p)] * AV[(*hq, x.f, x.p)])
+    weight = weights[(*hq, x.p)]
+    # Zero-weight heads see no key: the block-sparse pass skips them per (head, query tile).
+    chosen = weight != 0
+    mask = ((x.m <= x.p) & chosen) if causal else chosen
+    AV = softmax_attention(b, heads, x, output="AV", mask=mask)
+    # Their rows of AV are 0/0 (NaN) as written; the weighted output there is 0.
+    b.let("O", [*hq, x.f, x.p], select(chosen, weight * AV[(*hq, x.f, x.p)], 0.0))
     return b.build()
 
 
