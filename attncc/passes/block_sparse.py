@@ -7,7 +7,8 @@ skipping changes nothing: at an EMPTY tile every Einsum over m1 and p is evaluat
 symbolically (sympy, with S at its fill and each running value r an unknown, finite or at its
 infinite initial value) and every running update must give back r, every reduction over m1
 its identity. In FlashAttention's cascade that is max(r, -inf) = r, exp(-inf - r) = 0,
-0 * V = 0 and exp(r - r) = 1.
+0 * V = 0 and exp(r - r) = 1. The mask may also read tables at S's other left-side indices
+(b, h of MoH's `HW[b,h,p] != 0`): its tiles are then classified per grid point.
 
 Rows that see no key at all divide 0 by 0 at the end; the pass makes them 0 (FlexAttention's
 convention, and what a loop over no tiles yields) by guarding divisions by a running sum
