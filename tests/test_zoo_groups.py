@@ -7,14 +7,19 @@ kernels (interpreted) and compile for sm_90; the masks' tiles are classified exa
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import sympy
 import torch
-from zoo_kernels import FP32_TOLERANCE, assert_compiles_for_sm90, relative_error
+from zoo_kernels import (
+    FP32_TOLERANCE,
+    assert_compiles_for_sm90,
+    check_load_and_example,
+    check_refused,
+    relative_error,
+)
 
 from attncc.analysis import TileClass, cascade_cost, classify_tiles, count_passes
 from attncc.backends.execute import Backend, execute, lower_for_tiles
@@ -23,11 +28,9 @@ from attncc.backends.tile_program import tile_program
 from attncc.backends.triton.launch import lower_triton
 from attncc.backends.triton.report import compile_report
 from attncc.cli import main
-from attncc.frontends.loader import load
 from attncc.frontends.zoo.groups import GROUPS, group_pose, group_pose_mask
-from attncc.ir import DType, parse_file, print_cascade, size_symbol
+from attncc.ir import DType, size_symbol
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "zoo" / "group_pose.ein"
 EXAMPLE_OPTIONS: dict[str, Any] = {"parts": 18, "group": "across", "gqa_group": 2}
 PARTS, INSTANCES = 18, 7  # 126 queries: ragged against 64-query tiles
 B, E, F = 2, 16, 8
@@ -121,9 +124,13 @@ def test_within_instance_skips_tiles_same_type_does_not() -> None:
         group_pose_mask(18, "across"), key_len=n, query_len=n, key_tile=64, query_tile=64
     )
     assert across.density == 1.0
-    # Each 64-query tile's instances span 64 + 2*17 keys at most: 2 or 3 key tiles of 18.
-    assert within.nonempty <= 3 * 18
-    assert within.density < 0.17
+    # The block diagonal of 18-query instances crosses a 64-tile boundary wherever an
+    # instance straddles one: 18 diagonal tiles, plus 16 boundaries (at 64, 128, ..., 1088,
+    # all but the multiples of 576 = lcm(18, 64)) that an instance straddles, each adding the
+    # two tiles beside the diagonal: 18 + 2*16 = 50 of 324.
+    assert within.classes.shape == (18, 18)
+    assert within.nonempty == 50
+    assert within.density == 50 / 324
 
 
 def test_pass_counts_and_costs_checked_by_hand() -> None:
@@ -150,11 +157,7 @@ def test_analyze(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_load_and_example() -> None:
-    cascade = load("group_pose", EXAMPLE_OPTIONS)
-    assert cascade == group_pose(**EXAMPLE_OPTIONS)
-    assert parse_file(EXAMPLE) == cascade
-    body = "".join(line for line in EXAMPLE.read_text().splitlines(True) if line[0] != "#")
-    assert body == print_cascade(cascade)
+    check_load_and_example("group_pose", group_pose, EXAMPLE_OPTIONS)
 
 
 @pytest.mark.parametrize(
@@ -162,8 +165,7 @@ def test_load_and_example() -> None:
     [({"group": "all"}, "group must be one of"), ({"parts": 0}, "parts must be a positive")],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        group_pose(**options)
+    check_refused(group_pose, options, message)
 
 
 @pytest.mark.cuda_compile

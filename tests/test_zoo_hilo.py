@@ -3,13 +3,15 @@ it (Pan et al. 2022): Hi-Fi heads attend inside non-overlapping s x s windows (t
 into windows, attention per window), Lo-Fi heads attend keys and values average-pooled over
 s x s windows (avg_pool2d). The whole cascade runs in the reference interpreter; its stages
 (pooling, then the two attentions) on the reference, the tiled NumPy path and Triton kernels
-(interpreted); both kernels compile for sm_90."""
+(interpreted): only the attention stages run on the tiled backends, the pooling always in the
+float64 reference interpreter. Both kernels compile for sm_90, the Hi-Fi one block-sparse. The
+cascade pools the projected K and V where LITv2 pools x and then projects it: a test builds
+LITv2's order to check that they agree."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,20 +22,20 @@ import torch.nn.functional as F
 from zoo_kernels import (
     FP32_TOLERANCE,
     assert_compiles_for_sm90,
+    check_load_and_example,
+    check_refused,
     compile_kernels,
     relative_error,
     run_staged,
 )
 
-from attncc.analysis import cascade_cost, count_passes
-from attncc.backends.execute import Backend
+from attncc.analysis import cascade_cost, count_passes, tile_map
+from attncc.backends.execute import Backend, lower_for_tiles
 from attncc.backends.numpy.reference import interpret
 from attncc.cli import main
-from attncc.frontends.loader import load
 from attncc.frontends.zoo.hilo import hilo, hilo_stages
-from attncc.ir import parse_file, print_cascade, size_symbol
+from attncc.ir import size_symbol
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "zoo" / "hilo.ein"
 EXAMPLE_OPTIONS: dict[str, Any] = {"shape": (16, 16), "window": 2, "gqa_group": 2}
 
 
@@ -138,6 +140,48 @@ def test_triton_stages_match_pytorch(case: Case) -> None:
     check(got, torch_hilo(case, inputs), FP32_TOLERANCE)
 
 
+def test_lofi_equals_litv2_pooling_x_then_projecting() -> None:
+    """LITv2's Lo-Fi branch average-pools the input x over s x s windows, then projects the
+    pooled tokens to keys and values (l_kv, a linear layer with a bias). The cascade is given
+    x projected at every token and pools K and V itself. A mean commutes with an affine map
+    (the weights of a mean sum to 1, so the bias passes through): the outputs agree."""
+    case = CASES[1]  # 8 x 8 tokens, 4 x 4 windows, GQA: 2 Lo-Fi heads on 1 key/value group
+    (height, width), s = case.shape, case.window
+    heads, groups, channels = case.heads[1], case.groups[1], 12
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((B, height * width, channels)))
+    w_q = torch.from_numpy(rng.standard_normal((heads, E, channels)) / math.sqrt(channels))
+    w_kv = torch.from_numpy(rng.standard_normal((groups, E + F_DIM, channels)) / channels**0.5)
+    b_kv = torch.from_numpy(rng.standard_normal((groups, E + F_DIM)))
+    # LITv2: pool x, then project (k and v from one l_kv, split along its outputs).
+    grid = x.transpose(1, 2).reshape(B, channels, height, width)
+    pooled = F.avg_pool2d(grid, s, s).flatten(2)  # [B, C, n]
+    kv = torch.einsum("bcn,gdc->bgnd", pooled, w_kv) + b_kv[None, :, None, :]
+    q = torch.einsum("btc,hec->bhte", x, w_q)
+    k, v = (t.repeat_interleave(heads // groups, 1) for t in (kv[..., :E], kv[..., E:]))
+    want = attention(q, k, v).transpose(2, 3)
+    # attncc: x projected at every token; the cascade pools.
+    tokens_kv = torch.einsum("btc,gdc->bgdt", x, w_kv) + b_kv[..., None]
+    inputs = inputs_for(case)
+    inputs["QL"] = torch.einsum("btc,hec->bhet", x, w_q).numpy()
+    inputs["KL"], inputs["VL"] = tokens_kv[:, :, :E].numpy(), tokens_kv[:, :, E:].numpy()
+    assert relative_error(interpret(hilo(**case.options), inputs)["AVL"], want) < 1e-12
+
+
+def test_hifi_kernel_is_block_sparse() -> None:
+    """The window mask is affine, so the block-sparse pass proves which tiles of the Hi-Fi
+    attention are EMPTY: on 16 x 16 tokens a 64-token tile holds 4 image rows, which 2 x 2
+    windows never straddle, so only the 4 diagonal tiles of 16 are visited. The Lo-Fi
+    attention has no mask: its key loop is dense."""
+    hifi, lofi = (lower_for_tiles(s.cascade) for s in hilo_stages().stages[1:])
+    (sparse,) = hifi.sparse
+    assert sparse.tensor == "QKH"
+    tiles = tile_map(hifi, sparse, {"M": 256, "M0": 64, "P": 256})
+    assert tiles.nonempty == 4
+    assert tiles.density == 4 / 16
+    assert lofi.sparse == ()
+
+
 def test_pass_counts_and_costs_checked_by_hand() -> None:
     cascade = hilo()  # 16 x 16 tokens, 2 x 2 windows: P = M = 256, N = 64 pooled keys
     assert count_passes(cascade, "M").passes == 3  # Hi-Fi softmax as written
@@ -164,11 +208,7 @@ def test_analyze_reports_both_groups(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_load_and_example() -> None:
-    cascade = load("hilo", EXAMPLE_OPTIONS)
-    assert cascade == hilo(**EXAMPLE_OPTIONS)
-    assert parse_file(EXAMPLE) == cascade
-    body = "".join(line for line in EXAMPLE.read_text().splitlines(True) if line[0] != "#")
-    assert body == print_cascade(cascade)
+    check_load_and_example("hilo", hilo, EXAMPLE_OPTIONS)
 
 
 @pytest.mark.parametrize(
@@ -177,11 +217,11 @@ def test_load_and_example() -> None:
         ({"shape": (10, 8), "window": 4}, "height 10 is not a multiple of the window 4"),
         ({"shape": (8,), "window": 2}, "shape must be"),
         ({"window": 0}, "window must be a positive integer"),
+        ({"window": 1}, "window 1 has no high frequencies to separate: LITv2 then makes every"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        hilo(**options)
+    check_refused(hilo, options, message)
 
 
 @pytest.mark.cuda_compile

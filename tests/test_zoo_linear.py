@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from zoo_kernels import EXAMPLES, check_load_and_example, check_refused, relative_error
 
 from attncc.backends.execute import Backend, execute, lower_for_tiles
 from attncc.backends.numpy.tiled import lower_tiled, numpy_source
@@ -25,10 +25,8 @@ from attncc.errors import LoweringError
 from attncc.frontends.loader import load
 from attncc.frontends.zoo import ZOO
 from attncc.frontends.zoo.linear import lightning_attention, linear_attention
-from attncc.ir import Cascade, DType, bind_sizes, parse_file, print_cascade
+from attncc.ir import Cascade, DType, bind_sizes, print_cascade
 from attncc.passes import run_pipeline
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "zoo"
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,11 @@ VARIANTS = (
     Variant(
         "hedgehog",
         lambda: linear_attention(feature_map="hedgehog", feature_dim=6, batched=True),
+        "hedgehog",
+    ),
+    Variant(
+        "hedgehog_bias",
+        lambda: linear_attention(feature_map="hedgehog", feature_bias=True, batched=True),
         "hedgehog",
     ),
     Variant(
@@ -103,16 +106,20 @@ def _cascade(variant: Variant, form: str) -> Cascade:
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def feature_map(name: str, x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    """x [b, h, n, e] -> phi(x) [b, h, n, features]."""
+def feature_map(
+    name: str, x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [b, h, n, e] -> phi(x) [b, h, n, features]; Hedgehog's w [h, d, e], b [h, d]."""
     if name == "elu1":
         return F.elu(x) + 1  # Katharopoulos et al., eq. 7
     if name == "relu":
         return F.relu(x)
     if name == "identity":
         return x
-    assert w is not None  # Hedgehog: W x and -W x, exponentiated, concatenated
+    assert w is not None  # Hedgehog: W x + b and its negation, exponentiated, concatenated
     projected = torch.einsum("bhne,hde->bhnd", x, w)
+    if b is not None:
+        projected = projected + b[None, :, None, :]
     return torch.cat([torch.exp(projected), torch.exp(-projected)], dim=-1)
 
 
@@ -126,11 +133,13 @@ def torch_linear_attention(
     causal: bool,
     wq: torch.Tensor | None = None,
     wk: torch.Tensor | None = None,
+    biasq: torch.Tensor | None = None,
+    biask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q [b, h, p, e], k [b, g, m, e], v [b, g, m, f] (h a multiple of g) -> [b, h, p, f]."""
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    fq, fk = feature_map(phi, q, wq), feature_map(phi, k, wk)
+    fq, fk = feature_map(phi, q, wq, biasq), feature_map(phi, k, wk, biask)
     if causal:
         # the recurrence: S_i = S_(i-1) + phi(k_i) v_i^T, z_i = z_(i-1) + phi(k_i)
         state = torch.cumsum(fk[..., :, None] * v[..., None, :], dim=2)
@@ -158,7 +167,7 @@ def torch_reference(
     batched = cascade.rank("B") is not None
     q, k, v = (_heads(inputs[n], batched) for n in ("Q", "K", "V"))
     weights = {}
-    for name in ("WQ", "WK"):
+    for name in ("WQ", "WK", "BIASQ", "BIASK"):
         if name in inputs:
             w = torch.from_numpy(inputs[name])
             weights[name.lower()] = w if batched else w[None]
@@ -196,10 +205,6 @@ def cascade_group(cascade: Cascade) -> int:
     rank = cascade.rank("H")
     assert rank is not None
     return int(rank.size.as_coeff_Mul()[0])
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 # ----------------------------------------------------------------------------- tests
@@ -304,6 +309,11 @@ def test_hedgehog_features_are_both_signs_of_a_projection_per_head() -> None:
     assert "input WK[h,d,e] : f32" in text
     assert "HK[b,h,j,m] = WK[h,j%D,e] * K[b,h//2,e,m]" in text
     assert "FK[b,h,j,m] = exp(select(j < D, HK[b,h,j,m], -HK[b,h,j,m]))" in text
+    # Hedgehog's bias joins after the sum over e, inside the exponent: exp(+-(W x + b)).
+    text = print_cascade(linear_attention(feature_map="hedgehog", feature_bias=True, batched=True))
+    assert "input BIASK[h,d] : f32" in text
+    biased = "HK[b,h,j,m] + BIASK[h,j%D]"
+    assert f"FK[b,h,j,m] = exp(select(j < D, {biased}, -({biased})))" in text
 
 
 def test_zoo_names_both_builders_for_the_loader() -> None:
@@ -321,8 +331,7 @@ def test_zoo_names_both_builders_for_the_loader() -> None:
     ],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        linear_attention(**options)
+    check_refused(linear_attention, options, message)
 
 
 EXAMPLE_SOURCES: dict[str, tuple[Callable[..., Cascade], dict[str, Any]]] = {
@@ -344,7 +353,4 @@ def test_every_zoo_example_has_a_builder() -> None:
 @pytest.mark.parametrize("stem", sorted(EXAMPLE_SOURCES))
 def test_example_is_the_builders_cascade(stem: str) -> None:
     build, options = EXAMPLE_SOURCES[stem]
-    path = EXAMPLES / f"{stem}.ein"
-    assert parse_file(path) == build(**options)
-    body = "".join(line for line in path.read_text().splitlines(True) if line[:1] != "#")
-    assert body == print_cascade(build(**options))
+    check_load_and_example(build.__name__, build, options, stem)

@@ -2,15 +2,17 @@
 BiFormer's bi-level routing (Zhu et al. 2023): region queries and keys are the means of their
 tokens, affinity Q_r K_r^T, top-k key regions per query region (torch.topk), token attention
 inside the chosen regions; the causal form keeps the top k of the earlier blocks and the
-diagonal one (SeerAttention / MoBA). The whole cascade runs in the reference interpreter; its
-stages run on the reference, the tiled NumPy path and Triton kernels (interpreted), and the
-kernels compile for sm_90. The tile lists the kernels walk are the chosen blocks."""
+diagonal one (SeerAttention's decoder form). The whole cascade runs in the reference
+interpreter; its stages run on the reference, the tiled NumPy path and Triton kernels
+(interpreted): only the attention stage runs on the tiled backends, the scoring stage always
+in the float64 reference interpreter. The kernels compile for sm_90. The tile lists the
+kernels walk are the chosen blocks, for blocks smaller than, as large as and larger than the
+tiles, and not dividing them."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,24 +22,25 @@ import torch
 from zoo_kernels import (
     FP32_TOLERANCE,
     assert_compiles_for_sm90,
+    check_load_and_example,
+    check_refused,
     compile_kernels,
     relative_error,
     run_staged,
 )
 
 from attncc.analysis import TileClass, cascade_cost, count_passes
+from attncc.analysis.block_sparse import mask_grid
 from attncc.backends.execute import LOWERING_PIPELINE, Backend, lower_for_tiles
 from attncc.backends.numpy.reference import interpret
 from attncc.backends.schedule import schedule
 from attncc.backends.tile_lists import tile_classes
-from attncc.analysis.block_sparse import mask_grid
 from attncc.cli import main
-from attncc.frontends.loader import load
+from attncc.errors import ShapeError
 from attncc.frontends.zoo.routing import routing, routing_stages
-from attncc.ir import parse_file, print_cascade, size_symbol
+from attncc.ir import print_cascade, size_symbol
 from attncc.passes import run_pipeline
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "zoo" / "routing.ein"
 EXAMPLE_OPTIONS: dict[str, Any] = {"top_k": 2, "causal": True, "gqa_group": 2}
 
 
@@ -122,10 +125,13 @@ def test_cascade_matches_pytorch(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("backend", [Backend.REFERENCE, Backend.NUMPY], ids=lambda b: b.value)
 def test_stages_match_pytorch(case: Case, backend: Backend) -> None:
+    """The attention stage on `backend`; the block table comes from the scoring stage, which
+    runs in the reference interpreter whatever the backend: it is checked on the reference."""
     inputs = inputs_for(case, seed=1)
     got = run_staged(case.staged, inputs, backend)
     want, table = torch_routing(inputs, case.options)
-    assert np.array_equal(got["BLOCKS"] != 0, table.numpy())
+    if backend is Backend.REFERENCE:
+        assert np.array_equal(got["BLOCKS"] != 0, table.numpy())
     tolerance = 1e-12 if backend is Backend.REFERENCE else FP32_TOLERANCE
     assert relative_error(got["AV"], want) < tolerance
 
@@ -140,24 +146,67 @@ def test_triton_stages_match_pytorch(case: Case) -> None:
     assert relative_error(got["AV"], want) < FP32_TOLERANCE
 
 
-@pytest.mark.parametrize("case", SHARED, ids=lambda c: c.name)
+TILE = 64
+"""The query and key tiles of the lowered attention (M0 and the sparse query tile)."""
+
+BLOCK_CASES = (
+    *SHARED,
+    Case("block32", {"top_k": 3, "block": 32}, keys=300, queries=200),
+    Case("block128", {"top_k": 1, "block": 128}, keys=400, queries=300),
+    Case("block48_causal", {"top_k": 2, "block": 48, "causal": True}, heads=2),
+)
+
+
+def per_tile(visible: np.ndarray, reduce: str) -> np.ndarray:
+    """[query, key] visibility -> [query tile, key tile], any or all of each (ragged) tile."""
+    queries, keys = visible.shape
+    return np.array(
+        [
+            [getattr(visible[q : q + TILE, k : k + TILE], reduce)() for k in range(0, keys, TILE)]
+            for q in range(0, queries, TILE)
+        ]
+    )
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=lambda c: c.name)
 def test_kernels_visit_only_the_chosen_blocks(case: Case) -> None:
-    """The block table is 64 x 64, as the tiles: the runtime classifier makes the chosen
-    blocks the tiles (FULL, or PARTIAL on the causal diagonal) and every other tile EMPTY."""
+    """The runtime classifier reads the block table's data: a tile is visited (not EMPTY)
+    exactly where some query and key in it are visible (the table at their blocks, and
+    m <= p when causal), and FULL where all are, whatever the block against the tile."""
     inputs = inputs_for(case)
     scoring = {name: inputs[name] for name in ("Q", "K")}
     table = interpret(case.staged.stages[0].cascade, scoring)["BLOCKS"].astype(np.int32)
     nest = schedule(lower_for_tiles(case.staged.stages[1].cascade))
-    sizes = {"P": case.queries, "M": case.keys, "M0": 64}
+    sizes = {"P": case.queries, "M": case.keys, "M0": TILE}
     classes = tile_classes(nest, sizes, {"BLOCKS": table}).classes
-    assert np.array_equal(classes != TileClass.EMPTY, table != 0)
-    diagonal = np.eye(*table.shape, dtype=bool)
-    partial = diagonal if case.options.get("causal") else np.zeros_like(diagonal)
-    assert np.array_equal(classes == TileClass.PARTIAL, partial)
+    block = case.options.get("block", 64)
+    p, m = np.arange(case.queries)[:, None], np.arange(case.keys)[None, :]
+    visible = table[p // block, m // block] != 0
+    if case.options.get("causal"):
+        visible &= m <= p
+    assert np.array_equal(classes != TileClass.EMPTY, per_tile(visible, "any"))
+    assert np.array_equal(classes == TileClass.FULL, per_tile(visible, "all"))
     # top_k of the key blocks per query block (the causal diagonal adds one, but the first
     # query blocks have fewer earlier blocks to choose from).
     if not case.options.get("causal"):
         assert (table.sum(axis=1) == case.options["top_k"]).all()
+    if block == TILE and not case.options.get("causal"):
+        assert np.array_equal(classes != TileClass.EMPTY, table != 0)
+
+
+def test_causal_routing_is_self_attention() -> None:
+    """The diagonal block j == i is query block i's own tokens only when P = M: the cascade
+    declares it, and a call with other lengths is refused."""
+    assert "M, P = M, QB = 64" in print_cascade(routing(causal=True))
+    assert "M, P, QB = 64" in print_cascade(routing())
+    rng = np.random.default_rng(0)
+    inputs = {
+        "Q": rng.standard_normal((2, 16, 200)),
+        "K": rng.standard_normal((2, 16, 260)),
+        "V": rng.standard_normal((2, 8, 260)),
+    }
+    with pytest.raises(ShapeError, match="rank P is"):
+        routing_stages(causal=True).run(inputs)
 
 
 def test_per_head_tables_are_masks_in_every_tile() -> None:
@@ -207,11 +256,7 @@ def test_analyze_reports_both_stages(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_load_and_example() -> None:
-    cascade = load("routing", EXAMPLE_OPTIONS)
-    assert cascade == routing(**EXAMPLE_OPTIONS)
-    assert parse_file(EXAMPLE) == cascade
-    body = "".join(line for line in EXAMPLE.read_text().splitlines(True) if line[0] != "#")
-    assert body == print_cascade(cascade)
+    check_load_and_example("routing", routing, EXAMPLE_OPTIONS)
 
 
 @pytest.mark.parametrize(
@@ -223,8 +268,7 @@ def test_load_and_example() -> None:
     ],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        routing(**options)
+    check_refused(routing, options, message)
 
 
 @pytest.mark.cuda_compile

@@ -1,11 +1,15 @@
-"""What the zoo's staged variants share in tests: running them on every backend, the error
-measure, and compiling their attention kernels for sm_90 without a GPU."""
+"""What the zoo's tests share: running staged variants on every backend, the error measure,
+compiling their attention kernels for sm_90 without a GPU, and the checks every variant's
+builder gets (its example file, its refused options)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from attncc.backends.execute import Backend, lower_for_tiles
@@ -14,8 +18,11 @@ from attncc.backends.tile_program import tile_program
 from attncc.backends.triton.cubin import KernelResources
 from attncc.backends.triton.launch import lower_triton
 from attncc.backends.triton.report import compile_report
+from attncc.frontends.loader import load
 from attncc.frontends.zoo.stages import Staged
-from attncc.ir import DType, bind_sizes
+from attncc.ir import Cascade, DType, bind_sizes, parse_file, print_cascade
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "zoo"
 
 TILED = (Backend.NUMPY, Backend.TRITON)
 """The backends after the reference: fp32 inputs, within FP32_TOLERANCE of float64 PyTorch."""
@@ -28,6 +35,25 @@ def relative_error(actual: np.ndarray, expected: torch.Tensor | np.ndarray) -> f
     want = expected.numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
     got = np.asarray(actual, dtype=np.float64)
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def check_load_and_example(
+    name: str, build: Callable[..., Cascade], options: Mapping[str, Any], stem: str | None = None
+) -> None:
+    """`attncc.load(name, options)` is `build(**options)`, and examples/zoo/`stem`.ein (default
+    `name`) is its printed form under a comment header: it parses back to the same cascade."""
+    cascade = load(name, options)
+    assert cascade == build(**options)
+    path = EXAMPLES / f"{stem or name}.ein"
+    assert parse_file(path) == cascade
+    body = "".join(line for line in path.read_text().splitlines(True) if line[:1] != "#")
+    assert body == print_cascade(cascade)
+
+
+def check_refused(build: Callable[..., Cascade], options: Mapping[str, Any], message: str) -> None:
+    """`build(**options)` raises a ValueError whose message matches `message`."""
+    with pytest.raises(ValueError, match=message):
+        build(**options)
 
 
 def run_staged(

@@ -18,7 +18,8 @@ Attention, whose activation sits in the projections before it: TransNormerLLM, Q
 map W of D rows per query head and its negation, exponentiated and concatenated,
 phi(x) = [exp(W x + b), exp(-(W x + b))], over a feature rank J = 2*D. Its projections are
 inputs: WQ[*heads, d, e] for queries and WK[*heads, d, e] for keys, and with `feature_bias`
-the biases BQ[*heads, d] and BK[*heads, d] (without it, b = 0).
+the biases BIASQ[*heads, d] and BIASK[*heads, d] (without it, b = 0; not BK, the name the
+`partition` pass gives the tiled view of K).
 
 Causal cascades are self-attention: the query rank is declared as long as the key rank
 (`rank P = M`), which `chunk-causal` relies on (a query's chunk is a key chunk). Under GQA the
@@ -122,8 +123,8 @@ def _features(
     d = b.rank("D", feature_dim)
     j = b.rank("J", 2 * b.size("D"))
     WQ, WK = b.input("WQ", [*h[1:], d, e]), b.input("WK", [*h[1:], d, e])
-    BQ = b.input("BQ", [*h[1:], d]) if feature_bias else None
-    BK = b.input("BK", [*h[1:], d]) if feature_bias else None
+    BQ = b.input("BIASQ", [*h[1:], d]) if feature_bias else None
+    BK = b.input("BIASK", [*h[1:], d]) if feature_bias else None
     FQ = _hedgehog(a, "Q", (WQ, BQ), a.q[(*h, e, p)], p, j)
     FK = _hedgehog(a, "K", (WK, BK), a.k[(*hk, e, m)], m, j)
     return FQ[(*h, j, p)] * FK[(*h, j, m)]
