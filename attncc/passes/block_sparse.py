@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import sympy
 
+from attncc.analysis import query_index
 from attncc.analysis.block_sparse import mask_grid, sparse_mask
 from attncc.analysis.sparsity import check_classifiable
 from attncc.errors import AnalysisError, PassError
@@ -122,8 +123,10 @@ def _unclassifiable(cascade: Cascade, sparse: BlockSparse) -> str | None:
 def _mask_frame(cascade: Cascade, einsum: Einsum) -> list[tuple[Partition, str]]:
     """(key partition, query index) for a filtered `einsum` over both tile indices of a key
     partition: the query is the one left-side index the key-side operands (those reading the
-    tiles) lack, p of QK[b,h,m1,m0,p]. The filter may read the tiles, the query and other
-    left-side indices (the grid: b, h of `HW[b,h,p] != 0`), nothing reduced."""
+    tiles) lack, p of QK[b,h,m1,m0,p]; where every operand reads it too (modified scores
+    S = QK + BIAS[b,h,p,m1,m0]), the cascade's query (the last index of its first output).
+    The filter may read the tiles, the query and other left-side indices (the grid: b, h of
+    `HW[b,h,p] != 0`), nothing reduced."""
     if einsum.filter is None:
         return []
     written = einsum.lhs_vars
@@ -137,6 +140,8 @@ def _mask_frame(cascade: Cascade, einsum: Einsum) -> list[tuple[Partition, str]]
         operands = [a for a in walk(einsum.expr) if isinstance(a, Access)]
         key_side = set().union(*(_names_read(a) for a in operands if tiles & _names_read(a)))
         queries = written - tiles - key_side
+        if len(queries) != 1:
+            queries = {query_index(cascade)} & (written - tiles)
         if len(queries) == 1:
             frames.append((part, next(iter(queries))))
     return frames

@@ -38,12 +38,12 @@ The cascade holds both stages, so `attncc analyze routing` reports both. The til
 it in two (`routing_stages`, see attncc.frontends.zoo.stages): their tile lists come from the
 runtime classifier, which reads the block table's data before the kernel starts and decides
 each tile exactly (`BLOCKS[p // 64, m // 64] != 0`: any/all of the table over the tile); the
-kernel then visits only the chosen key blocks. That classifier takes one table for the whole
-grid, so the shared choice (BiFormer's: affinity summed over heads) is what the kernels skip by.
-`per_head=True` chooses per query head (SeerAttention's heads choose apart): the table
-gains a head index, which the classifier does not read, so the block-sparse pass keeps the key
-loop dense and the kernels apply the table as a mask in every tile: same results, no tile
-skipped. There is no batch rank: routing depends on each sequence's content and the table is
+kernel then visits only the chosen key blocks. The shared choice (BiFormer's: affinity summed
+over heads) gives one table for the whole grid. `per_head=True` chooses per query head
+(SeerAttention's heads choose apart): the table gains a head index, and the classifier decides
+tiles per head (`BLOCKS[h, p // 64, m // 64]`). Triton's programs, one per head and query
+tile, visit each head's own blocks; NumPy, which runs every head of a query tile at once,
+visits the union of the heads' blocks and masks the rest. There is no batch rank: routing depends on each sequence's content and the table is
 per sequence, so a batch is one call per sequence.
 """
 
