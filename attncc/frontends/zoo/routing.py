@@ -43,8 +43,9 @@ over heads) gives one table for the whole grid. `per_head=True` chooses per quer
 (SeerAttention's heads choose apart): the table gains a head index, and the classifier decides
 tiles per head (`BLOCKS[h, p // 64, m // 64]`). Triton's programs, one per head and query
 tile, visit each head's own blocks; NumPy, which runs every head of a query tile at once,
-visits the union of the heads' blocks and masks the rest. There is no batch rank: routing depends on each sequence's content and the table is
-per sequence, so a batch is one call per sequence.
+visits the union of the heads' blocks and masks the rest. There is no batch rank: routing
+depends on each sequence's content and the table is per sequence, so a batch is one call per
+sequence.
 """
 
 from __future__ import annotations
