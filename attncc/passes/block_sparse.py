@@ -141,7 +141,8 @@ def _mask_frame(cascade: Cascade, einsum: Einsum) -> list[tuple[Partition, str]]
         key_side = set().union(*(_names_read(a) for a in operands if tiles & _names_read(a)))
         queries = written - tiles - key_side
         if len(queries) != 1:
-            queries = {query_index(cascade)} & (written - tiles)
+            query = query_index(cascade)
+            queries = frozenset({query} if query in written - tiles else ())
         if len(queries) == 1:
             frames.append((part, next(iter(queries))))
     return frames
