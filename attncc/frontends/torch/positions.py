@@ -31,20 +31,8 @@ class NotPositional(Exception):
 
 Rule = Callable[[fx.Node, NodeOp, tuple[int, ...]], Expr]
 
-_ELEMENTWISE = {
-    "add": "add",
-    "sub": "sub",
-    "mul": "mul",
-    "div": "div",
-    "le": "le",
-    "lt": "lt",
-    "ge": "ge",
-    "gt": "gt",
-    "eq": "eq",
-    "ne": "ne",
-    "and": "and",
-    "or": "or",
-}
+_ELEMENTWISE = ("add", "sub", "mul", "div", "le", "lt", "ge", "gt", "eq", "ne", "and", "or")
+"""graph_ops' canonical names that are also the IR's map operators, computed elementwise."""
 
 
 def symbolic(value: Any) -> Symbolic:
@@ -184,7 +172,7 @@ _RULES: dict[str, Rule] = {
     "ones": _filled(1.0),
     "new_ones": _filled(1.0),
     "full": _full,
-    **{name: _elementwise(ir_name) for name, ir_name in _ELEMENTWISE.items()},
+    **{name: _elementwise(name) for name in _ELEMENTWISE},
     "not": _not,
     "where": _where,
     "masked_fill": _masked_fill,
