@@ -295,6 +295,12 @@ class KeywordSdpa(nn.Module):
         return F.scaled_dot_product_attention(query=q, key=k, value=v, is_causal=True)
 
 
+class KeywordSoftmax(nn.Module):
+    def forward(self, q, k, v):
+        scores = torch.matmul(input=q, other=k.transpose(-2, -1))
+        return torch.matmul(F.softmax(input=scores, dim=-1), v)
+
+
 class PaddedTril(nn.Module):
     """tril of a [1, M] block of ones, broadcast over the queries: keys m <= 0 only."""
 
@@ -325,10 +331,12 @@ class StrictlyCausalFinite(nn.Module):
         return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
-def test_sdpa_with_keyword_tensors() -> None:
+def test_tensors_passed_by_keyword() -> None:
     q, k, v = _qkv()
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(_compiled(KeywordSdpa(), q, k, v), expected, atol=1e-5, rtol=1e-5)
+    written = KeywordSoftmax()(q, k, v)
+    torch.testing.assert_close(_compiled(KeywordSoftmax(), q, k, v), written, atol=1e-5, rtol=1e-5)
 
 
 def test_a_size_one_dim_of_a_triangle_is_not_a_position() -> None:

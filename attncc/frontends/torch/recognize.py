@@ -98,7 +98,7 @@ def _sdpa(node: fx.Node, op: NodeOp) -> Site:
 
 
 def _decomposed(softmax: fx.Node, op: NodeOp) -> Site:
-    scores_in = op.args[0]
+    scores_in = op.arg(0, "input")
     shape = _shape(scores_in, "the softmax input")
     dim = op.arg(1, "dim")
     if dim not in (-1, len(shape) - 1):
