@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,8 @@ import torch
 from zoo_kernels import (
     FP32_TOLERANCE,
     assert_compiles_for_sm90,
+    check_load_and_example,
+    check_refused,
     compile_kernels,
     relative_error,
     run_staged,
@@ -31,11 +32,9 @@ from attncc.backends.numpy.reference import interpret
 from attncc.backends.tile_lists import tile_classes
 from attncc.backends.triton.launch import TileConfig, _device_lists, tiled_schedule
 from attncc.cli import main
-from attncc.frontends.loader import load
 from attncc.frontends.zoo.moh import moh, moh_stages
-from attncc.ir import parse_file, print_cascade, size_symbol
+from attncc.ir import size_symbol
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "zoo" / "moh.ein"
 EXAMPLE_OPTIONS: dict[str, Any] = {"shared_heads": 2, "top_k": 2, "causal": True}
 
 
@@ -209,11 +208,7 @@ def test_analyze_reports_router_and_attention(capsys: pytest.CaptureFixture[str]
 
 
 def test_load_and_example() -> None:
-    cascade = load("moh", EXAMPLE_OPTIONS)
-    assert cascade == moh(**EXAMPLE_OPTIONS)
-    assert parse_file(EXAMPLE) == cascade
-    body = "".join(line for line in EXAMPLE.read_text().splitlines(True) if line[0] != "#")
-    assert body == print_cascade(cascade)
+    check_load_and_example("moh", moh, EXAMPLE_OPTIONS)
 
 
 @pytest.mark.parametrize(
@@ -221,8 +216,7 @@ def test_load_and_example() -> None:
     [({"top_k": 0}, "top_k"), ({"shared_heads": -1}, "shared_heads"), ({"gqa_group": 0}, "gqa")],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        moh(**options)
+    check_refused(moh, options, message)
 
 
 @pytest.mark.cuda_compile

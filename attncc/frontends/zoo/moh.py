@@ -35,6 +35,8 @@ neighbouring tokens route alike (tests/test_zoo_moh.py builds such a tile).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from attncc.frontends.builder import (
     CascadeBuilder,
     Index,
@@ -44,8 +46,9 @@ from attncc.frontends.builder import (
     select,
     value,
 )
-from attncc.frontends.zoo.softmax import Heads, Operands, declare_heads, softmax_attention
-from attncc.frontends.zoo.stages import Stage, Staged, cut
+from attncc.frontends.library import Heads, declare_heads, softmax_3pass
+from attncc.frontends.zoo.softmax import declare_operands
+from attncc.frontends.zoo.stages import Cut, staged
 from attncc.ir import Cascade
 
 
@@ -68,35 +71,24 @@ def moh(
     b = CascadeBuilder("moh")
     batch = b.rank("B")
     heads = declare_heads(b, batch=batch, gqa_group=gqa_group)
-    x = Operands(
-        TensorRef("Q"),
-        TensorRef("K"),
-        TensorRef("V"),
-        e=b.rank("E", head_dim),
-        f=b.rank("F", value_dim),
-        m=b.rank("M"),
-        p=b.rank("P"),
-    )
+    e, f, m, p = b.rank("E", head_dim), b.rank("F", value_dim), b.rank("M"), b.rank("P")
     d, c = b.rank("D", model_dim), b.rank("C", 2)
     h2 = b.rank("H2", b.size("H"))
     h = heads.query[-1]
-    b.input("X", [batch, d, x.p])
+    b.input("X", [batch, d, p])
     b.input("WG", [h, d])
     b.input("WA", [c, d])
-    b.input("Q", [*heads.query, x.e, x.p])
-    b.input("K", [*heads.kv, x.e, x.m])
-    b.input("V", [*heads.kv, x.f, x.m])
-    b.output("O", [*heads.query, x.f, x.p])
-    b.output("HW", [*heads.query, x.p])
-    weights = _router(b, heads, (batch, d, x.p, c, h2), shared=shared_heads, top_k=top_k)
+    x = replace(declare_operands(b, heads, e=e, f=f, m=m, p=p), causal=causal)
+    b.output("O", [*heads.query, f, p])
+    b.output("HW", [*heads.query, p])
+    weights = _router(b, heads, (batch, d, p, c, h2), shared=shared_heads, top_k=top_k)
     hq = heads.query
-    weight = weights[(*hq, x.p)]
+    weight = weights[(*hq, p)]
     # Zero-weight heads see no key: the block-sparse pass skips them per (head, query tile).
     chosen = weight != 0
-    mask = ((x.m <= x.p) & chosen) if causal else chosen
-    AV = softmax_attention(b, heads, x, output="AV", mask=mask)
+    AV = softmax_3pass(x, also=chosen)
     # Their rows of AV are 0/0 (NaN) as written; the weighted output there is 0.
-    b.let("O", [*hq, x.f, x.p], select(chosen, weight * AV[(*hq, x.f, x.p)], 0.0))
+    b.let("O", [*hq, f, p], select(chosen, weight * AV[(*hq, f, p)], 0.0))
     return b.build()
 
 
@@ -142,14 +134,6 @@ def _router(
     return b.let("HW", [*heads.query, p], weight)
 
 
-def moh_stages(**options: object) -> Staged:
-    """`moh(**options)` as it runs on the tiled backends: the router (the reference
-    interpreter, float64), then the attention with the head weights HW as an input."""
-    whole = moh(**options)  # type: ignore[arg-type]
-    return Staged(
-        whole,
-        (
-            Stage(cut(whole, ["HW"]), kernel=False),
-            Stage(cut(whole, ["O"], given=["HW"]), kernel=True),
-        ),
-    )
+moh_stages = staged(moh, Cut(("HW",), kernel=False), Cut(("O",), given=("HW",)))
+"""`moh(**options)` as it runs on the tiled backends: the router (the reference interpreter,
+float64), then the attention with the head weights HW as an input."""

@@ -7,18 +7,12 @@ The library's cascades are whole cascades with masks over ids at the key or the 
 the zoo's variants mask with tensors their own stages compute (a block table from a scoring
 stage, passed as `also`) and hold more than one attention (HiLo's two branches), so they
 declare each attention's operands here, under names with a suffix per group of heads.
-
-`Operands` and `softmax_attention` are the earlier form of the same, which moh.py still uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from attncc.frontends.builder import CascadeBuilder, Index, TensorRef, Value
-from attncc.frontends.library import AttentionFrame, Heads, declare_heads, softmax_3pass
-
-__all__ = ["Heads", "Operands", "declare_heads", "declare_operands", "softmax_attention"]
+from attncc.frontends.builder import CascadeBuilder, Index
+from attncc.frontends.library import AttentionFrame, Heads
 
 
 def declare_operands(
@@ -30,30 +24,3 @@ def declare_operands(
     k = b.input(f"K{group}", [*heads.kv, e, m])
     v = b.input(f"V{group}", [*heads.kv, f, m])
     return AttentionFrame(b, heads, q, k, v, e, f, m, p)
-
-
-@dataclass(frozen=True)
-class Operands:
-    """What one attention reads: Q[*query, e, p], K[*kv, e, m], V[*kv, f, m]."""
-
-    q: TensorRef
-    k: TensorRef
-    v: TensorRef
-    e: Index
-    f: Index
-    m: Index
-    p: Index
-
-
-def softmax_attention(
-    b: CascadeBuilder,
-    heads: Heads,
-    x: Operands,
-    *,
-    output: str,
-    suffix: str = "",
-    mask: Value | None = None,
-) -> TensorRef:
-    """`softmax_3pass` on the frame of `x`, hiding keys where `mask` is false."""
-    frame = AttentionFrame(b, heads, x.q, x.k, x.v, x.e, x.f, x.m, x.p)
-    return softmax_3pass(frame, output=output, suffix=suffix, also=mask)
