@@ -91,11 +91,15 @@ def declare_heads(
     MQA is a single group, G = 1), key/value groups `groups` first (H = R*G); `batch` leads
     every head tuple when given."""
     lead = () if batch is None else (batch,)
-    if gqa_group is None:
+    if gqa_group is not None and (
+        isinstance(gqa_group, bool) or not isinstance(gqa_group, int) or gqa_group < 1
+    ):
+        raise ValueError(f"gqa_group must be a positive integer, got {gqa_group!r}")
+    # One query head per key/value head is multi-head attention: K is read at h itself (a
+    # rank G equal to H would be a second name for the same rank).
+    if gqa_group is None or gqa_group == 1:
         h = b.rank(heads)
         return Heads((*lead, h), (*lead, h), (*lead, h))
-    if isinstance(gqa_group, bool) or not isinstance(gqa_group, int) or gqa_group < 1:
-        raise ValueError(f"gqa_group must be a positive integer, got {gqa_group!r}")
     g = b.rank(groups)
     h = b.rank(heads, gqa_group * b.size(groups))
     return Heads((*lead, h), (*lead, g), (*lead, h // gqa_group))
