@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attncc.backends.execute import Backend, execute, lower_for_tiles
 from attncc.errors import AttnccError
 from attncc.frontends.torch.reference import (
     additive_mask,
@@ -140,14 +141,12 @@ def _run(
     value: torch.Tensor,
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    from attncc.backends.execute import Backend, execute
-
     target = site.target
     if target is Target.AUTO:
         target = Target.TRITON if query.is_cuda else Target.NUMPY
-    inputs = _cascade_inputs(site, query, key, value, mask)
+    inputs = _cascade_inputs(query, key, value, mask)
     if target is Target.TRITON:
-        from attncc.backends.execute import lower_for_tiles
+        # Triton loads lazily: importing it fixes its mode (interpreted or compiled) for good.
         from attncc.backends.triton.launch import run_triton
 
         out = run_triton(lower_for_tiles(site.cascade), inputs)["AV"]
@@ -160,7 +159,6 @@ def _run(
 
 
 def _cascade_inputs(
-    site: CompiledSite,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,

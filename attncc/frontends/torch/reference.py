@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from attncc.analysis import TileClass, classify_tiles
+from attncc.analysis.data_masks import COMPARE
 from attncc.errors import AnalysisError
 from attncc.frontends.torch.spec import AttentionSpec, EmptyRow
 from attncc.ir import Call, Const, Coord, Expr
 
 _OPS: dict[str, Callable[..., Any]] = {
+    **COMPARE,
     "add": operator.add,
     "sub": operator.sub,
     "mul": operator.mul,
@@ -31,12 +33,6 @@ _OPS: dict[str, Callable[..., Any]] = {
     "max": torch.maximum,
     "min": torch.minimum,
     "abs": torch.abs,
-    "lt": operator.lt,
-    "le": operator.le,
-    "gt": operator.gt,
-    "ge": operator.ge,
-    "eq": operator.eq,
-    "ne": operator.ne,
     "and": torch.logical_and,
     "or": torch.logical_or,
     "not": torch.logical_not,
