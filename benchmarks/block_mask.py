@@ -32,15 +32,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import _common
 import numpy as np
 import sympy
 import torch
+from _common import available_memory, format_table, progress, timed
 from torch._inductor.utils import fresh_cache
 from torch.nn.attention.flex_attention import BlockMask as FlexBlockMask
 from torch.nn.attention.flex_attention import create_block_mask
@@ -122,28 +123,11 @@ MASKS: dict[str, Mask] = {
 # -- Timing. ----------------------------------------------------------------------------------
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def timed(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
 def median_time(
     run: Callable[[], object], repeat: int, budget_s: float, min_total_s: float = 0.0
 ) -> float:
-    """The median of `repeat` runs, or of as many as fit in `budget_s` (at least one); runs on
-    past `repeat` until `min_total_s` is spent, so that sub-millisecond medians are stable."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while not times or time.perf_counter() - start < budget_s:
-        if len(times) >= repeat and time.perf_counter() - start >= min_total_s:
-            break
-        times.append(timed(run))
-    return statistics.median(times)
+    """`_common.median_time` without the count of runs."""
+    return _common.median_time(run, repeat, budget_s, min_total_s)[0]
 
 
 def clear_attncc_caches() -> None:
@@ -160,17 +144,6 @@ def clear_attncc_caches() -> None:
 def classify(predicate: Expr, n: int) -> tuple[TileMap, BlockMask]:
     tiles = classify_tiles(predicate, key_len=n, query_len=n, key_tile=TILE, query_tile=TILE)
     return tiles, tiles.block_mask()
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
 
 
 # -- Torch measurements, each guarded by the budgets. ---------------------------------------
@@ -358,16 +331,6 @@ def cells(m: Measured) -> list[str]:
     ]
 
 
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    table = [list(COLUMNS), *rows]
-    widths = [max(len(r[c]) for r in table) for c in range(len(COLUMNS))]
-    lines = []
-    for r in table:
-        rest = [v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)]
-        lines.append("  ".join([r[0].ljust(widths[0]), *rest]).rstrip())
-    return "\n".join(lines)
-
-
 def targets(results: Sequence[Measured]) -> list[str]:
     """The acceptance targets: causal and sliding window at N=16384 at least 100x faster than
     compiled create_block_mask, and at N=262144 in under 1 s."""
@@ -468,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads; medians: torch of up to {args.repeat} runs, "
         f"attncc of at least {args.repeat} runs and 0.5 s"
     )
-    print(format_table([cells(m) for m in results]))
+    print(format_table(COLUMNS, [cells(m) for m in results]))
     for line in targets(results):
         print(line)
     for problem in problems:

@@ -60,7 +60,6 @@ import gc
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,7 +69,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import _common
 import numpy as np
+from _common import available_memory, format_table, progress
 
 from attncc.backends.numpy.tiled import DEFAULT_KEY_TILE, DEFAULT_QUERY_TILE
 
@@ -101,10 +102,6 @@ DEFAULT_SECONDS_PER_UNIT = {"attncc": 2e-8, "sdpa": 5e-9, "sdpa_mask": 5e-9, "fl
 BYTES_PER_POINT = {"sdpa_mask": 5, "flex": 4}
 
 MaskMod = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- Problems: inputs, and each mask as a FlexAttention mask_mod (block_mask.py's forms). ----
@@ -345,22 +342,9 @@ class Measurement:
     skipped: str = ""
 
 
-def timed(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
 def median_time(run: Callable[[], object], repeat: int, budget_s: float) -> tuple[float, int]:
-    """The median of `repeat` runs, or of as many as fit in `budget_s` (at least one); runs on
-    past `repeat` until a second is spent, so that short medians are stable."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while not times or time.perf_counter() - start < budget_s:
-        if len(times) >= repeat and time.perf_counter() - start >= 1.0:
-            break
-        times.append(timed(run))
-    return statistics.median(times), len(times)
+    """`_common.median_time`, running on past `repeat` until a second is spent."""
+    return _common.median_time(run, repeat, budget_s, min_total_s=1.0)
 
 
 def status_kib(field: str) -> int:
@@ -441,21 +425,6 @@ def gemm_rates(tiles: tuple[int, int]) -> dict[str, float]:
 
 
 # -- Driving the subprocesses, within the budgets. --------------------------------------------
-
-
-def available_memory() -> int:
-    try:
-        return status_meminfo("MemAvailable")
-    except OSError:
-        return 8 << 30
-
-
-def status_meminfo(field: str) -> int:
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"no {field} in /proc/meminfo")
 
 
 class Runner:
@@ -675,16 +644,6 @@ def cells(row: Row, gemm: float) -> list[str]:
         memory_cell("sdpa_mask"),
         memory_cell("flex"),
     ]
-
-
-def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    table = [list(columns), *rows]
-    widths = [max(len(r[c]) for r in table) for c in range(len(columns))]
-    lines = []
-    for r in table:
-        rest = [v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)]
-        lines.append("  ".join([r[0].ljust(widths[0]), *rest]).rstrip())
-    return "\n".join(lines)
 
 
 # -- Driver. --------------------------------------------------------------------------------

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import median_seconds
 
 from attncc.backends.execute import Backend, execute
 from attncc.frontends.zoo.linear import linear_attention
@@ -29,14 +28,9 @@ from attncc.passes import run_pipeline
 B, H, D = 1, 8, 64
 
 
-def _median_seconds(call: Callable[[], object], repeat: int) -> float:
+def _warm_median(call: Callable[[], object], repeat: int) -> float:
     call()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(call, repeat)
 
 
 def _torch_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -75,12 +69,12 @@ def _rows(n: int, forms: dict[str, Cascade], repeat: int) -> list[tuple[str, flo
     q, k, v = (rng.standard_normal((B, H, n, D), dtype=np.float32) for _ in range(3))
     tensors = [torch.from_numpy(x) for x in (q, k, v)]
     expected = _torch_linear(*tensors).numpy()
-    torch_seconds = _median_seconds(functools.partial(_torch_linear, *tensors), repeat)
+    torch_seconds = _warm_median(functools.partial(_torch_linear, *tensors), repeat)
     inputs = {name: x.transpose(0, 1, 3, 2) for name, x in zip("QKV", (q, k, v), strict=True)}
     rows = []
     for name, cascade in forms.items():
         run = functools.partial(execute, cascade, inputs, backend=Backend.NUMPY)
-        seconds = _median_seconds(run, repeat)
+        seconds = _warm_median(run, repeat)
         actual = run()["AV"].transpose(0, 1, 3, 2)
         error = float(np.abs(actual - expected).max() / np.abs(expected).max())
         line = f"{n:>6}  {name:<13} {seconds:>9.4f}  {torch_seconds:>8.4f}  {error:>9.1e}"

@@ -7,11 +7,11 @@ differential check can afford. Run: `.venv/bin/python benchmarks/reference_inter
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from _common import timed
 
 from attncc.backends.numpy.reference import interpret
 from attncc.frontends.library import attention_1pass, attention_2pass, attention_3pass
@@ -25,12 +25,7 @@ CASCADES: dict[str, Callable[[], Cascade]] = {
 
 
 def best_of(repeats: int, run: Callable[[], object]) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timed(run) for _ in range(repeats))
 
 
 def main() -> None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import median_seconds
 
 import attncc
 
@@ -25,15 +24,6 @@ import attncc
 class CausalAttention(torch.nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
-def _median_seconds(run: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _inputs(length: int, heads: int, dim: int) -> tuple[torch.Tensor, ...]:
@@ -47,7 +37,7 @@ def _inputs(length: int, heads: int, dim: int) -> tuple[torch.Tensor, ...]:
 def _timed_forward(
     module: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], repeat: int
 ) -> float:
-    return _median_seconds(functools.partial(module, *inputs), repeat)
+    return median_seconds(functools.partial(module, *inputs), repeat)
 
 
 def _step(module: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> None:
@@ -81,7 +71,7 @@ def main() -> None:
         with torch.no_grad():
             forward = [_timed_forward(m, inputs, args.repeat) for m in (eager, compiled)]
         steps = [
-            _median_seconds(functools.partial(_step, m, inputs), args.repeat)
+            median_seconds(functools.partial(_step, m, inputs), args.repeat)
             for m in (eager, compiled)
         ]
         cells = (*forward, *steps)

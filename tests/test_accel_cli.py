@@ -18,6 +18,22 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
+def write_sweep_spec(
+    path: Path, arch: str, sweep: dict[str, list[object]], length: int, scale: float | None = None
+) -> Path:
+    """A sweep spec of attention_3pass at E = F = 64, `scale` as its option where given."""
+    spec: dict[str, object] = {
+        "arch": arch,
+        "cascade": "attention_3pass",
+        "workload": {"length": length, "E": 64, "F": 64},
+        "sweep": sweep,
+    }
+    if scale is not None:
+        spec["options"] = {"scale": scale}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 def test_study_fusemax_writes_csv_plots_and_the_papers_values(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -43,17 +59,13 @@ def test_study_fusemax_writes_csv_plots_and_the_papers_values(
 
 
 def test_study_sweep_writes_a_csv(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    spec = tmp_path / "bw.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "arch": "flat",
-                "cascade": "attention_3pass",
-                "options": {"scale": 1.0},
-                "workload": {"length": 2**18, "E": 64, "F": 64},
-                "sweep": {"arch.dram.bandwidth_bytes_per_s": [5e10, 4e11, 3.2e12]},
-            }
-        )
+    bandwidths: list[object] = [5e10, 4e11, 3.2e12]
+    spec = write_sweep_spec(
+        tmp_path / "bw.yaml",
+        "flat",
+        {"arch.dram.bandwidth_bytes_per_s": bandwidths},
+        length=2**18,
+        scale=1.0,
     )
     out = tmp_path / "bw.csv"
 
@@ -134,17 +146,8 @@ def test_bad_architecture_file_is_a_located_error(
 def test_study_sweep_with_a_failed_point_exits_1_and_keeps_every_row(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    spec = tmp_path / "banks.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "arch": "fusemax",
-                "cascade": "attention_3pass",
-                "options": {"scale": 1.0},
-                "workload": {"length": 1024, "E": 64, "F": 64},
-                "sweep": {"arch.buffer.banks": [0, 32]},
-            }
-        )
+    spec = write_sweep_spec(
+        tmp_path / "banks.yaml", "fusemax", {"arch.buffer.banks": [0, 32]}, length=1024, scale=1.0
     )
     out = tmp_path / "banks.csv"
 
@@ -164,16 +167,8 @@ def test_study_sweep_with_a_failed_point_exits_1_and_keeps_every_row(
 def test_study_sweep_with_a_bad_value_is_refused_before_it_runs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    spec = tmp_path / "lengths.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "arch": "fusemax",
-                "cascade": "attention_3pass",
-                "workload": {"length": 1024, "E": 64, "F": 64},
-                "sweep": {"workload.length": [4096, "abc"]},
-            }
-        )
+    spec = write_sweep_spec(
+        tmp_path / "lengths.yaml", "fusemax", {"workload.length": [4096, "abc"]}, length=1024
     )
 
     status, _, err = run(capsys, "study", "sweep", str(spec), "--out", str(tmp_path / "x.csv"))
