@@ -4,9 +4,12 @@ model code, which builds its causal masks from positions in its own way and keep
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel, PreTrainedConfig
 
 
 class LastHidden(nn.Module):
@@ -18,9 +21,14 @@ class LastHidden(nn.Module):
         return self.model(input_ids=ids).last_hidden_state
 
 
+def _tiny(model: Callable[[Any], nn.Module], config: PreTrainedConfig) -> nn.Module:
+    """`model(config)` with seeded weights, in eval mode, giving its last hidden state."""
+    torch.manual_seed(0)
+    return LastHidden(model(config)).eval()
+
+
 def llama() -> nn.Module:
     """One LLaMA layer through SDPA: 4 query heads, 2 key/value heads."""
-    torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=100,
         hidden_size=64,
@@ -30,12 +38,11 @@ def llama() -> nn.Module:
         num_key_value_heads=2,
         max_position_embeddings=64,
     )
-    return LastHidden(LlamaModel(config)).eval()
+    return _tiny(LlamaModel, config)
 
 
 def gpt2_eager() -> nn.Module:
     """One GPT-2 layer with the softmax written out (attn_implementation="eager")."""
-    torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=100,
         n_embd=64,
@@ -46,4 +53,4 @@ def gpt2_eager() -> nn.Module:
         eos_token_id=0,
         attn_implementation="eager",
     )
-    return LastHidden(GPT2Model(config)).eval()
+    return _tiny(GPT2Model, config)

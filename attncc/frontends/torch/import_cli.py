@@ -62,6 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and torch-mlir take seconds to import: only this command pays for them.
+    from attncc.frontends.torch.import_inputs import shapes_text
     from attncc.frontends.torch.mlir_import import import_attention
 
     result = import_attention(
@@ -70,17 +71,16 @@ def run(args: argparse.Namespace) -> int:
     exported = result.exported
     if args.emit == "mlir":
         print(exported.mlir())
-    shown = ", ".join(f"{n}: {'x'.join(map(str, t.shape))}" for n, t in exported.inputs.items())
     count = len(result.sites)
     print(
-        f"# {exported.source}: forward({shown}) in {args.dtype}, exported with torch-mlir: "
-        f"{count} attention site{'s' if count != 1 else ''}"
+        f"# {exported.source}: forward({shapes_text(exported.inputs)}) in {args.dtype}, "
+        f"exported with torch-mlir: {count} attention site{'s' if count != 1 else ''}"
     )
     status = 0
     for number, site in enumerate(result.sites, 1):
         print(f"\n# site {number}: {result.location(site)}: {site.op.name}")
         _print_site(site)
-        status |= _print_check(result.exported, site) if args.check else 0
+        status |= _print_check(exported, site) if args.check else 0
     if not result.sites and not result.unrecognized:
         print("# no softmax and no scaled_dot_product_attention in the module")
     for skipped in result.unrecognized:

@@ -202,3 +202,8 @@ def example_inputs(
         )
     generator = torch.Generator().manual_seed(seed)
     return {name: shapes[name].sample(generator, DTYPES[dtype]) for name in given}
+
+
+def shapes_text(inputs: Mapping[str, torch.Tensor]) -> str:
+    """`x: 2x16x64, ids: 2x16`: the inputs' shapes, for messages and headers."""
+    return ", ".join(f"{n}: {'x'.join(map(str, t.shape))}" for n, t in inputs.items())

@@ -59,9 +59,10 @@ def check_site(exported: Exported, site: AttentionSite) -> SiteCheck:
     got = np.where(empty[..., None], site.empty_row, np.swapaxes(run["AV"], -1, -2))
     d = site.dims
     want = _data(exported, site.output, dtype).reshape(d.batch, d.heads, d.queries, d.value_dim)
-    finite = np.abs(want.numpy()[np.isfinite(want.numpy())])
+    want_array = want.numpy()
+    finite = np.abs(want_array[np.isfinite(want_array)])
     scale = max(1.0, float(finite.max())) if finite.size else 1.0
-    error = _difference(got, want.numpy())
+    error = _difference(got, want_array)
     return SiteCheck(error, TOLERANCE[exported.dtype] * scale, int(np.count_nonzero(empty)))
 
 

@@ -41,6 +41,7 @@ from attncc.frontends.torch.import_inputs import (
     located,
     parse_factory,
     parse_input_shapes,
+    shapes_text,
 )
 from attncc.frontends.torch.mlir_ops import source_location
 from attncc.frontends.torch.mlir_patterns import AttentionSite, Unrecognized, find_attention
@@ -179,9 +180,9 @@ def _run_eagerly(ref: FactoryRef, module: torch.nn.Module, inputs: dict[str, tor
         with torch.no_grad():
             module(**inputs)
     except Exception as error:
-        shown = ", ".join(f"{n}: {'x'.join(map(str, t.shape))}" for n, t in inputs.items())
         raise AttnccError(
-            f"{ref}: forward({shown}) raised {located(error, ref.path)}; check --shapes"
+            f"{ref}: forward({shapes_text(inputs)}) raised {located(error, ref.path)}; "
+            "check --shapes"
         ) from None
 
 

@@ -238,26 +238,22 @@ def _binary(map_op: str, *, alpha: int | None = None, reverse: bool = False) -> 
     return rule
 
 
-for _name, _op in {
-    "add": "add",
-    "sub": "sub",
-    "mul": "mul",
-    "div": "div",
-    "gt": "gt",
-    "ge": "ge",
-    "lt": "lt",
-    "le": "le",
-    "eq": "eq",
-    "ne": "ne",
-    "logical_and": "and",
-    "logical_or": "or",
-    "bitwise_and": "and",
-    "bitwise_or": "or",
-    "__and__": "and",
-    "__or__": "or",
-    "maximum": "max",
-    "minimum": "min",
-}.items():
+def _ops(*same: str, **renamed: str) -> dict[str, str]:
+    """aten operation names -> the IR's op names: those in `same` are spelled alike."""
+    return {**{name: name for name in same}, **renamed}
+
+
+for _name, _op in _ops(
+    *("add", "sub", "mul", "div", "gt", "ge", "lt", "le", "eq", "ne"),
+    logical_and="and",
+    logical_or="or",
+    bitwise_and="and",
+    bitwise_or="or",
+    __and__="and",
+    __or__="or",
+    maximum="max",
+    minimum="min",
+).items():
     # add and sub, Tensor and Scalar alike: self + alpha * other, self - alpha * other.
     _scaled = 1 if _name in ("add", "sub") else None
     for _suffix in ("Tensor", "Scalar"):
@@ -275,16 +271,9 @@ def _unary(map_op: str) -> Rule:
     return rule
 
 
-for _name, _op in {
-    "neg": "neg",
-    "logical_not": "not",
-    "bitwise_not": "not",
-    "sqrt": "sqrt",
-    "rsqrt": "rsqrt",
-    "abs": "abs",
-    "exp": "exp",
-    "log": "log",
-}.items():
+for _name, _op in _ops(
+    *("neg", "sqrt", "rsqrt", "abs", "exp", "log"), logical_not="not", bitwise_not="not"
+).items():
     _rule(f"torch.aten.{_name}")(_unary(_op))
 
 
