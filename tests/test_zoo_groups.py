@@ -16,8 +16,7 @@ import torch
 from zoo_kernels import (
     FP32_TOLERANCE,
     assert_compiles_for_sm90,
-    check_load_and_example,
-    check_refused,
+    builder_tests,
     relative_error,
 )
 
@@ -156,16 +155,12 @@ def test_analyze(capsys: pytest.CaptureFixture[str]) -> None:
     assert "intdiv  2*M + 2*P" in out  # m // 18, p // 18, m % 18 and p % 18
 
 
-def test_load_and_example() -> None:
-    check_load_and_example("group_pose", group_pose, EXAMPLE_OPTIONS)
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
+test_load_and_example, test_bad_options_are_refused = builder_tests(
+    "group_pose",
+    group_pose,
+    EXAMPLE_OPTIONS,
     [({"group": "all"}, "group must be one of"), ({"parts": 0}, "parts must be a positive")],
 )
-def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    check_refused(group_pose, options, message)
 
 
 @pytest.mark.cuda_compile

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from zoo_kernels import (
     FP32_TOLERANCE,
     assert_compiles_for_sm90,
-    check_load_and_example,
-    check_refused,
+    builder_tests,
     compile_kernels,
     relative_error,
     run_staged,
@@ -207,12 +206,10 @@ def test_analyze_reports_both_groups(capsys: pytest.CaptureFixture[str]) -> None
     assert "  witness: PK -> QKL -> GML => SNL -> SDL => AL -> AVL   (=> starts a pass)" in out
 
 
-def test_load_and_example() -> None:
-    check_load_and_example("hilo", hilo, EXAMPLE_OPTIONS)
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
+test_load_and_example, test_bad_options_are_refused = builder_tests(
+    "hilo",
+    hilo,
+    EXAMPLE_OPTIONS,
     [
         ({"shape": (10, 8), "window": 4}, "height 10 is not a multiple of the window 4"),
         ({"shape": (8,), "window": 2}, "shape must be"),
@@ -220,8 +217,6 @@ def test_load_and_example() -> None:
         ({"window": 1}, "window 1 has no high frequencies to separate: LITv2 then makes every"),
     ],
 )
-def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    check_refused(hilo, options, message)
 
 
 @pytest.mark.cuda_compile

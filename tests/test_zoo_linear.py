@@ -239,19 +239,17 @@ def _fp32_case(variant: Variant, form: str, seed: int) -> tuple[Cascade, dict, n
     return cascade, inputs, torch_reference(variant, cascade, wide)
 
 
+@pytest.mark.parametrize(
+    ("backend", "seed"),
+    [(Backend.NUMPY, 2), pytest.param(Backend.TRITON, 3, marks=pytest.mark.triton_interpret)],
+    ids=["numpy", "triton"],
+)
 @pytest.mark.parametrize(("variant", "form"), TILED)
-def test_numpy_path_matches_pytorch(variant: Variant, form: str) -> None:
-    cascade, inputs, expected = _fp32_case(variant, form, seed=2)
-    actual = execute(cascade, inputs, backend=Backend.NUMPY)["AV"]
-    assert actual.dtype == np.float32
-    assert relative_error(actual, expected) < 1e-5
-
-
-@pytest.mark.triton_interpret
-@pytest.mark.parametrize(("variant", "form"), TILED)
-def test_triton_kernels_match_pytorch(variant: Variant, form: str) -> None:
-    cascade, inputs, expected = _fp32_case(variant, form, seed=3)
-    actual = execute(cascade, inputs, backend=Backend.TRITON)["AV"]
+def test_tiled_backends_match_pytorch(
+    variant: Variant, form: str, backend: Backend, seed: int
+) -> None:
+    cascade, inputs, expected = _fp32_case(variant, form, seed=seed)
+    actual = execute(cascade, inputs, backend=backend)["AV"]
     assert actual.dtype == np.float32
     assert relative_error(actual, expected) < 1e-5
 

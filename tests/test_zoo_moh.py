@@ -19,8 +19,7 @@ import torch
 from zoo_kernels import (
     FP32_TOLERANCE,
     assert_compiles_for_sm90,
-    check_load_and_example,
-    check_refused,
+    builder_tests,
     compile_kernels,
     relative_error,
     run_staged,
@@ -207,16 +206,12 @@ def test_analyze_reports_router_and_attention(capsys: pytest.CaptureFixture[str]
     assert "passes over M: 3" in out
 
 
-def test_load_and_example() -> None:
-    check_load_and_example("moh", moh, EXAMPLE_OPTIONS)
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
+test_load_and_example, test_bad_options_are_refused = builder_tests(
+    "moh",
+    moh,
+    EXAMPLE_OPTIONS,
     [({"top_k": 0}, "top_k"), ({"shared_heads": -1}, "shared_heads"), ({"gqa_group": 0}, "gqa")],
 )
-def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    check_refused(moh, options, message)
 
 
 @pytest.mark.cuda_compile

@@ -22,8 +22,7 @@ import torch
 from zoo_kernels import (
     FP32_TOLERANCE,
     assert_compiles_for_sm90,
-    check_load_and_example,
-    check_refused,
+    builder_tests,
     compile_kernels,
     relative_error,
     run_staged,
@@ -255,20 +254,16 @@ def test_analyze_reports_both_stages(capsys: pytest.CaptureFixture[str]) -> None
     assert "passes over J: 2" in out
 
 
-def test_load_and_example() -> None:
-    check_load_and_example("routing", routing, EXAMPLE_OPTIONS)
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
+test_load_and_example, test_bad_options_are_refused = builder_tests(
+    "routing",
+    routing,
+    EXAMPLE_OPTIONS,
     [
         ({"block": 0}, "block must be a positive integer"),
         ({"top_k": 0}, "top_k"),
         ({"gqa_group": 0}, "gqa_group"),
     ],
 )
-def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    check_refused(routing, options, message)
 
 
 @pytest.mark.cuda_compile

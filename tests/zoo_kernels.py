@@ -56,6 +56,26 @@ def check_refused(build: Callable[..., Cascade], options: Mapping[str, Any], mes
         build(**options)
 
 
+def builder_tests(
+    name: str,
+    build: Callable[..., Cascade],
+    example_options: Mapping[str, Any],
+    refusals: list[tuple[dict[str, Any], str]],
+) -> tuple[Callable[[], None], Callable[[dict[str, Any], str], None]]:
+    """The two checks every variant's builder gets, as the test functions its module binds to
+    `test_load_and_example` (check_load_and_example of `name` with `example_options`) and
+    `test_bad_options_are_refused` (check_refused for each (options, message) of `refusals`)."""
+
+    def test_load_and_example() -> None:
+        check_load_and_example(name, build, example_options)
+
+    @pytest.mark.parametrize(("options", "message"), refusals)
+    def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
+        check_refused(build, options, message)
+
+    return test_load_and_example, test_bad_options_are_refused
+
+
 def run_staged(
     staged: Staged, inputs: Mapping[str, np.ndarray], backend: Backend
 ) -> dict[str, np.ndarray]:

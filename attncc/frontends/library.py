@@ -227,6 +227,25 @@ def attention_frame(
     return AttentionFrame(b, heads, q, k, v, e, f, m, p, scale, mod, bias, rel, causal, mask)
 
 
+@dataclass(frozen=True)
+class FrameOptions:
+    """The options every library attention cascade takes (module docstring), in the order of
+    the cascades' signatures, so that each builds its frame from one positional call."""
+
+    head_dim: int | None = None
+    value_dim: int | None = None
+    scale: float | None = None
+    causal: bool = False
+    mask: Expr | None = None
+    batched: bool = False
+    gqa_group: int | None = None
+    score: ScoreMod | None = None
+
+    def frame(self, name: str) -> AttentionFrame:
+        """`attention_frame(name, ...)` with these options."""
+        return attention_frame(name, **vars(self))
+
+
 def _mask_ids(mask: Expr | None, positions: dict[str, Index]) -> dict[str, Index]:
     """The id tensors a mask reads (`KDOC[m]`, `QDOC[p]`) with the position each is read at:
     inputs of the cascade, one id per key or query position."""
@@ -299,17 +318,8 @@ def attention_3pass(
     """Softmax attention as written (FuseMax Cascade 4): max, then exp and sum, then divide.
     `score` modifies the scores (see ScoreMod); `lse` adds the output LSE[*heads, p], the
     log-sum-exp of each query's scores (what a backward pass or a split-KV merge needs)."""
-    a = attention_frame(
-        "attention_3pass",
-        head_dim=head_dim,
-        value_dim=value_dim,
-        scale=scale,
-        batched=batched,
-        gqa_group=gqa_group,
-        causal=causal,
-        mask=mask,
-        score=score,
-    )
+    options = FrameOptions(head_dim, value_dim, scale, causal, mask, batched, gqa_group, score)
+    a = options.frame("attention_3pass")
     softmax_3pass(a)
     if lse:
         _log_sum_exp(a)
@@ -331,17 +341,8 @@ def attention_2pass(
     """Attention with the division deferred past the AV contraction (FlashAttention-2's
     reassociation): F*P divisions instead of M*P, and one pass fewer. `score` and `lse` as
     in attention_3pass."""
-    a = attention_frame(
-        "attention_2pass",
-        head_dim=head_dim,
-        value_dim=value_dim,
-        scale=scale,
-        batched=batched,
-        gqa_group=gqa_group,
-        causal=causal,
-        mask=mask,
-        score=score,
-    )
+    options = FrameOptions(head_dim, value_dim, scale, causal, mask, batched, gqa_group, score)
+    a = options.frame("attention_2pass")
     b, h, hk, e, f, m, p = a.builder, a.heads.query, a.heads.read, a.e, a.f, a.m, a.p
     S = a.emit_scores(("QK", "S"), (m,), m, a.k[(*hk, e, m)])
     GM = b.let("GM", [*h, p], S[(*h, m, p)], reduce="max")
@@ -379,17 +380,8 @@ def attention_1pass(
     max grows. The last tile may be partial (M need not be a multiple of the tile). Unlike the
     paper's cascade, SLN and PRM are guarded for tiles before the first visible key. `score`
     as in attention_3pass; BIAS is read in tiles, like K and V."""
-    a = attention_frame(
-        "attention_1pass",
-        head_dim=head_dim,
-        value_dim=value_dim,
-        scale=scale,
-        batched=batched,
-        gqa_group=gqa_group,
-        causal=causal,
-        mask=mask,
-        score=score,
-    )
+    options = FrameOptions(head_dim, value_dim, scale, causal, mask, batched, gqa_group, score)
+    a = options.frame("attention_1pass")
     b, h, hk, kv, e, f, p = a.builder, a.heads.query, a.heads.read, a.heads.kv, a.e, a.f, a.p
     m0 = b.rank("M0", tile)
     m1 = b.partition("M", "M1", "M0")
@@ -438,17 +430,8 @@ def attention_sigmoid(
     paper's choice: for scores near 0, sigmoid(s - log M) ~ e^s / M, so the weights sum to
     about 1, as softmax's do). Masked scores are -inf, and sigmoid(-inf) = 0: a hidden key
     adds nothing to AV, as in softmax."""
-    a = attention_frame(
-        "attention_sigmoid",
-        head_dim=head_dim,
-        value_dim=value_dim,
-        scale=scale,
-        batched=batched,
-        gqa_group=gqa_group,
-        causal=causal,
-        mask=mask,
-        score=score,
-    )
+    options = FrameOptions(head_dim, value_dim, scale, causal, mask, batched, gqa_group, score)
+    a = options.frame("attention_sigmoid")
     b, h, hk, e, f, m, p = a.builder, a.heads.query, a.heads.read, a.e, a.f, a.m, a.p
     S = a.emit_scores(("QK", "S"), (m,), m, a.k[(*hk, e, m)])
     s = S[(*h, m, p)]

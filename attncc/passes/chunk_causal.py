@@ -60,7 +60,7 @@ from attncc.ir import (
 from attncc.passes.base import CascadePass, PassResult
 from attncc.passes.names import fresh_name, taken_names
 from attncc.passes.registry import register
-from attncc.passes.score_sums import Found, ScoreSum, rewrite_score_sums
+from attncc.passes.score_sums import Found, ScoreSum, query_varying, rewrite_score_sums
 
 
 @register
@@ -133,8 +133,8 @@ def _refusal(
             return f"{consumer.tensor} sums over more than the keys {key}"
         if scores.output not in consumer.read_accesses():
             return f"{consumer.tensor} reads {scores.tensor} at other indices than it writes"
-        if query in split.state_vars:
-            varying = ", ".join(format_expr(f) for f in split.keyed)
+        varying = query_varying(split, query)
+        if varying is not None:
             return (
                 f"in {consumer.tensor} the factors over the keys ({varying}) vary with the "
                 f"query {query}: no state over the chunks serves every query"

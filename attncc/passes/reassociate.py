@@ -53,7 +53,13 @@ from attncc.ir import (
 from attncc.passes.base import CascadePass, PassResult
 from attncc.passes.names import fresh_name, taken_names
 from attncc.passes.registry import register
-from attncc.passes.score_sums import Found, ScoreSum, rewrite_score_sums, vars_of
+from attncc.passes.score_sums import (
+    Found,
+    ScoreSum,
+    query_varying,
+    rewrite_score_sums,
+    vars_of,
+)
 
 SEQUENCE = sympy.Symbol("N", positive=True, integer=True)
 """The sequence length the work is compared at: keys and queries both N long."""
@@ -102,8 +108,8 @@ def _refusal(cascade: Cascade, scores: Einsum, found: Found) -> str | None:
         return "the first output has no index, so no query to share sums among"
     for split in found:
         assert isinstance(split, ScoreSum)
-        if query in split.state_vars:
-            varying = ", ".join(format_expr(f) for f in split.keyed)
+        varying = query_varying(split, query)
+        if varying is not None:
             return (
                 f"in {split.consumer.tensor} the factors over {', '.join(sorted(split.keys))} "
                 f"({varying}) vary with the query {query}: their sum would serve one query only"

@@ -110,6 +110,14 @@ def ordered_vars(factors: tuple[Expr, ...] | list[Expr]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def query_varying(split: ScoreSum, query: str) -> str | None:
+    """The keyed factors of `split`, written out, when the state they sum to over the keys
+    varies with `query` (so it serves no other query); None when it does not."""
+    if query not in split.state_vars:
+        return None
+    return ", ".join(format_expr(f) for f in split.keyed)
+
+
 def vars_of(expr: Expr) -> frozenset[str]:
     return frozenset(ordered_vars([expr]))
 
